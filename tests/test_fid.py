@@ -1,0 +1,213 @@
+"""FID/KID maths, statistics files, data readers and input checks (no torch, no weights)."""
+
+import gzip
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import scipy.linalg
+
+from lookahead_drift import _ref_data
+from lookahead_drift import fid
+
+
+def _random_spd(rng, d, rank=None):
+  a = rng.normal(size=(d, rank or 2 * d))
+  return a @ a.T / a.shape[1]
+
+
+def _reference_fid(mu1, s1, mu2, s2):
+  # Independent route: tr (s1 s2)^½ = tr (s1^½ s2 s1^½)^½ with principal square roots.
+  r = scipy.linalg.sqrtm(s1)
+  inner = scipy.linalg.sqrtm(r @ s2 @ r)
+  return np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(inner).real
+
+
+@pytest.mark.parametrize("method", fid.FID_METHODS)
+def test_frechet_distance_matches_independent_computation(method):
+  rng = np.random.default_rng(0)
+  d = 24
+  mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+  s1, s2 = _random_spd(rng, d), 3 * _random_spd(rng, d)
+  got = fid.frechet_distance(mu1, s1, mu2, s2, method=method)
+  np.testing.assert_allclose(got, _reference_fid(mu1, s1, mu2, s2), rtol=1e-9)
+
+
+def test_frechet_distance_closed_form_for_diagonal_covariances():
+  rng = np.random.default_rng(1)
+  a, b = rng.uniform(0.1, 4, 10), rng.uniform(0.1, 4, 10)
+  mu1, mu2 = rng.normal(size=10), rng.normal(size=10)
+  expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+  for method in fid.FID_METHODS:
+    got = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_frechet_distance_methods_agree_on_rank_deficient_covariances():
+  # Fewer samples than dimensions, as with small evaluation sets.
+  rng = np.random.default_rng(2)
+  x, y = rng.normal(size=(10, 40)), rng.normal(1.0, 2.0, size=(12, 40))
+  a, b = fid.stats_from_features(x), fid.stats_from_features(y)
+  eigh = fid.fid_from_stats(a, b, method="eigh")
+  sqrtm = fid.fid_from_stats(a, b, method="sqrtm")
+  np.testing.assert_allclose(eigh, sqrtm, rtol=1e-6)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
+  rng = np.random.default_rng(3)
+  feats = rng.gamma(2.0, size=(300, 64))
+  s = fid.stats_from_features(feats)
+  assert abs(fid.fid_from_stats(s, s)) < 1e-9 * np.trace(s.sigma)
+  shifted = fid.stats_from_features(feats + 0.5)
+  np.testing.assert_allclose(fid.fid_from_stats(s, shifted), 64 * 0.25, rtol=1e-9)
+
+
+def test_streaming_stats_match_numpy_in_float64():
+  rng = np.random.default_rng(4)
+  feats = (rng.normal(size=(517, 16)) + 1e4).astype(np.float32)  # Large offset on purpose.
+  acc = fid.StatsAccumulator()
+  for start, stop in ((0, 1), (1, 200), (200, 200), (200, 517)):
+    acc.update(feats[start:stop])
+  s = acc.result("abc", "tf1")
+  f64 = feats.astype(np.float64)
+  assert s.count == 517 and s.mu.dtype == np.float64
+  np.testing.assert_allclose(s.mu, f64.mean(0), rtol=1e-14)
+  np.testing.assert_allclose(s.sigma, np.cov(f64, rowvar=False), rtol=1e-9, atol=1e-12)
+
+
+def _reference_kid(x, y):
+  # Unbiased MMD² with k(a, b) = (a·b/d + 1)³, by explicit pairs.
+  d, m = x.shape[1], len(x)
+  k = lambda a, b: (a @ b / d + 1) ** 3
+  xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j)
+  yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j)
+  xy = sum(k(x[i], y[j]) for i in range(m) for j in range(m))
+  return (xx + yy) / (m * (m - 1)) - 2 * xy / m**2
+
+
+def test_kid_matches_independent_float64_computation():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(20, 8)).astype(np.float32)
+  y = rng.normal(0.3, 1.2, size=(20, 8)).astype(np.float32)
+  # Subsets of all 20 samples are permutations, which MMD² does not see: std must be 0.
+  mean, std = fid.kid(x, y, num_subsets=5, max_subset_size=50)
+  np.testing.assert_allclose(mean, _reference_kid(x.astype(np.float64), y.astype(np.float64)),
+                             rtol=1e-10)
+  assert std < 1e-12
+
+
+def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
+  rng = np.random.default_rng(6)
+  x, y = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+  same, same_std = fid.kid(x, y, num_subsets=20, max_subset_size=100)
+  diff, _ = fid.kid(x, y + 0.5, num_subsets=20, max_subset_size=100)
+  assert abs(same) < 3 * same_std + 1e-3
+  assert diff > 10 * abs(same) and diff > 0.01
+
+
+def test_stats_roundtrip_and_compatibility(tmp_path):
+  rng = np.random.default_rng(7)
+  s = fid.stats_from_features(rng.normal(size=(30, 5)), "sha-a", "tf1")
+  fid.save_stats(tmp_path / "s.npz", s)
+  t = fid.load_stats(tmp_path / "s.npz")
+  assert (t.count, t.weights_sha256, t.resize) == (30, "sha-a", "tf1")
+  np.testing.assert_array_equal(t.sigma, s.sigma)
+  other = fid.Stats(s.mu, s.sigma, 30, "sha-b", "tf1")
+  with pytest.raises(ValueError, match="weights_sha256"):
+    fid.fid_from_stats(s, other)
+  with pytest.raises(ValueError, match="resize"):
+    fid.fid_from_stats(s, fid.Stats(s.mu, s.sigma, 30, "sha-a", "half_pixel"))
+
+
+def test_cli_on_statistics_files(tmp_path, capsys):
+  rng = np.random.default_rng(8)
+  a = fid.stats_from_features(rng.normal(size=(50, 6)))
+  b = fid.stats_from_features(rng.normal(0.2, 1.0, size=(60, 6)))
+  fid.save_stats(tmp_path / "a.npz", a)
+  fid.save_stats(tmp_path / "b.npz", b)
+  fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--fid_method=sqrtm"])
+  last = capsys.readouterr().out.strip().splitlines()[-1]
+  name, value = last.split()
+  assert name == "FID"
+  np.testing.assert_allclose(float(value), _reference_fid(a.mu, a.sigma, b.mu, b.sigma),
+                             rtol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path):
+  rng = np.random.default_rng(9)
+  with pytest.raises(ValueError, match="same dimension"):
+    fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+  with pytest.raises(ValueError, match="sigma1"):
+    fid.frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+  with pytest.raises(ValueError, match="method"):
+    fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3), method="svd")
+  with pytest.raises(ValueError, match="at least 2"):
+    fid.stats_from_features(rng.normal(size=(1, 4)))
+  with pytest.raises(ValueError, match=r"\[N, D\]"):
+    fid.kid(rng.normal(size=(5,)), rng.normal(size=(5, 1)))
+  with pytest.raises(ValueError, match="at least 2"):
+    fid.kid(rng.normal(size=(1, 3)), rng.normal(size=(5, 3)))
+  with pytest.raises(ValueError, match="at least 2"):
+    fid.StatsAccumulator().result()
+  np.savez(tmp_path / "nothing.npz", pixels=np.zeros((4, 8, 8, 3), np.uint8))
+  with pytest.raises(ValueError, match="neither an 'images'"):
+    fid.main([str(tmp_path / "nothing.npz"), str(tmp_path / "nothing.npz")])
+  bad = {"float.npz": np.zeros((4, 8, 8, 3), np.float32),
+         "rank.npz": np.zeros((4, 8, 8), np.uint8),
+         "one.npz": np.zeros((1, 8, 8, 3), np.uint8)}
+  for name, images in bad.items():
+    np.savez(tmp_path / name, images=images)
+  with pytest.raises(ValueError, match="uint8"):
+    fid.main([str(tmp_path / "float.npz"), str(tmp_path / "rank.npz")])
+  with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+    fid.main([str(tmp_path / "rank.npz"), str(tmp_path / "float.npz")])
+  with pytest.raises(ValueError, match="at least 2 images"):
+    fid.main([str(tmp_path / "one.npz"), str(tmp_path / "one.npz")])
+  with pytest.raises(ValueError, match="two inputs"):
+    fid.main([str(tmp_path / "one.npz")])
+  with pytest.raises(ValueError, match="--out"):
+    fid.main(["--ref=fashion_mnist"])
+
+
+def test_fashion_mnist_reader_parses_idx(tmp_path):
+  images = np.random.default_rng(10).integers(0, 256, (3, 28, 28), dtype=np.uint8)
+  header = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
+  with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    f.write(header + images.tobytes())
+  got = _ref_data.fashion_mnist(tmp_path, "test")
+  np.testing.assert_array_equal(got, images[..., None])
+  with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
+    _ref_data.fashion_mnist(tmp_path, "train")
+  with pytest.raises(ValueError, match="IDX"):
+    _ref_data.parse_idx_images(b"\x00\x00\x08\x01" + bytes(12))
+  with pytest.raises(ValueError, match="header says"):
+    _ref_data.parse_idx_images(header + images.tobytes()[:-1])
+
+
+def _add_to_tar(tar, name, data):
+  info = tarfile.TarInfo(name)
+  info.size = len(data)
+  tar.addfile(info, io.BytesIO(data))
+
+
+@pytest.mark.parametrize("version", ["python", "binary"])
+def test_cifar10_reader_reads_both_archive_formats(tmp_path, version):
+  rng = np.random.default_rng(11)
+  batches = [rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(5)]
+  path = tmp_path / f"cifar-10-{version}.tar.gz"
+  with tarfile.open(path, "w:gz") as tar:
+    for i, b in enumerate(batches, 1):
+      chw = b.transpose(0, 3, 1, 2).reshape(2, -1)  # Stored as R, G, B planes.
+      if version == "python":
+        data = pickle.dumps({b"data": chw, b"labels": [0, 1]})
+        _add_to_tar(tar, f"cifar-10-batches-py/data_batch_{i}", data)
+      else:
+        data = np.concatenate([np.full((2, 1), 7, np.uint8), chw], axis=1).tobytes()
+        _add_to_tar(tar, f"cifar-10-batches-bin/data_batch_{i}.bin", data)
+    _add_to_tar(tar, "cifar-10-batches-py/test_batch", b"ignored")
+  np.testing.assert_array_equal(_ref_data.cifar10_train(path), np.concatenate(batches))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="data_batch_1..5"):
+    _ref_data.cifar10_train(tmp_path / "empty")

