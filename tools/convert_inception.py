@@ -107,7 +107,7 @@ def torch_preprocess(images: np.ndarray, resize: str = "tf1"):
   import torch  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
 
-  x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).to(torch.float32)
+  x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).to(torch.float32)
   if x.shape[1] == 1:
     x = x.repeat(1, 3, 1, 1)
   n, c, h, w = x.shape
