@@ -1,0 +1,325 @@
+"""lookahead_drift.drift against an independent float64 NumPy reference written from drifting.md."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_drift import drift
+
+# ---------------------------------------------------------------------------------------------
+# Float64 reference: explicit differences, explicit kernels, explicit loops. Shares no code with
+# the library (which uses centred matmul distances, log-softmaxes and lax.scan).
+
+
+def ref_dist(x, y):
+  return np.sqrt(((x[:, None, :] - y[None, :, :]) ** 2).sum(-1))
+
+
+def ref_logk(x, y, tau, kernel):
+  d = ref_dist(x, y)
+  return -(d if kernel == "laplace" else d**2) / tau
+
+
+def ref_field(x, pos, neg=None, *, tau, kernel="laplace", normalization="mean_shift",
+              floor=0.0, self_neg=None, neg_w=None):
+  """V(x) per drifting.md §2. Negatives: `neg` if self_neg is False, else [x (no self); neg]."""
+  x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
+  n = len(x)
+  if self_neg is None:
+    self_neg = neg is None
+  negs, mask = [], []
+  if self_neg:
+    negs.append(x)
+    mask.append(~np.eye(n, dtype=bool))
+  if neg is not None:
+    neg = np.asarray(neg, np.float64)
+    negs.append(neg)
+    mask.append(np.ones((n, len(neg)), bool))
+  ynegs = np.concatenate(negs)
+  keep = np.concatenate(mask, axis=1)
+  wneg = np.ones(len(ynegs))
+  if neg_w is not None:
+    wneg[len(ynegs) - len(neg_w):] = neg_w
+  kn = np.exp(ref_logk(x, ynegs, tau, kernel)) * keep * wneg[None]
+  kp = np.exp(ref_logk(x, pos, tau, kernel))
+  v = np.zeros_like(x)
+  if normalization == "mean_shift":
+    for i in range(n):
+      vp = (kp[i][:, None] * (pos - x[i])).sum(0) / kp[i].sum()
+      vn = (kn[i][:, None] * (ynegs - x[i])).sum(0) / kn[i].sum()
+      v[i] = vp - vn
+    return v
+  targets = np.concatenate([ynegs, pos])
+  k = np.concatenate([kn, kp], axis=1)
+  colsum = k.sum(0, keepdims=True)
+  row = k / k.sum(1, keepdims=True)
+  col = k / np.where(colsum > 0, colsum, 1.0)  # a target of weight 0: empty column
+  a = np.sqrt(np.maximum(row * col, floor))
+  a[:, np.concatenate([wneg, np.ones(len(pos))]) == 0] = 0.0  # ... that the floor leaves out
+  ln = len(ynegs)
+  for i in range(n):
+    s_neg, s_pos = a[i, :ln].sum(), a[i, ln:].sum()
+    pull_pos = (a[i, ln:, None] * (pos - x[i])).sum(0)
+    pull_neg = (a[i, :ln, None] * (targets[:ln] - x[i])).sum(0)
+    v[i] = s_neg * pull_pos - s_pos * pull_neg
+  return v
+
+
+def ref_chain(x, pos, *, k, tau, eta=1.0, extra=None, neg_w=None, **kw):
+  xi, terms = np.asarray(x, np.float64), []
+  for _ in range(k + 1):
+    v = ref_field(xi, pos, extra, tau=tau, self_neg=True, neg_w=neg_w, **kw)
+    terms.append(v)
+    xi = xi + eta * v
+  return np.stack(terms)
+
+
+def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
+  """drifting.md §3-4 for one feature map [G, N, D], step by step in float64."""
+  x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
+  g, n, d = x.shape
+  sample_w = np.ones(n) if sample_w is None else np.asarray(sample_w, np.float64)
+  if cfg.feature_normalization:
+    dists, wsum = [], 0.0
+    for gi in range(g):
+      targets = [x[gi], pos[gi]] + ([neg[gi]] if neg is not None else [])
+      tw = [np.ones(n), np.ones(pos.shape[1])] + (
+          [np.ones(neg.shape[1]) if neg_w is None else np.asarray(neg_w)]
+          if neg is not None else [])
+      t, tw = np.concatenate(targets), np.concatenate(tw)
+      dists.append((ref_dist(x[gi], t) * tw).sum() / (n * tw.sum()))
+    s = np.mean(dists) / np.sqrt(d)
+    tfac = np.sqrt(d) if cfg.kernel == "laplace" else d
+  else:
+    s, tfac = 1.0, 1.0
+  xn, pn = x / s, pos / s
+  nn = None if neg is None else np.asarray(neg, np.float64) / s
+  weights = cfg.term_weights or (1.0,) * (cfg.num_lookahead + 1)
+  total = np.zeros_like(xn)
+  for tau in cfg.temperatures:
+    terms = np.stack([
+        ref_chain(xn[gi], pn[gi], k=cfg.num_lookahead, tau=tau * tfac, eta=cfg.step_size,
+                  extra=None if nn is None else nn[gi], neg_w=neg_w, kernel=cfg.kernel,
+                  normalization=cfg.normalization, floor=cfg.floor) for gi in range(g)
+    ], axis=1)  # [K+1, G, N, D]
+    if cfg.term_scaling == "unit_rms":
+      terms = terms / np.sqrt((terms**2).mean(axis=(1, 2, 3), keepdims=True))
+    field = sum(w * t for w, t in zip(weights, terms))
+    if cfg.drift_normalization:
+      field = field / np.sqrt((field**2).mean())
+    total += field
+  # target = x + V, so ‖x − target‖² = ‖V‖²; summed over groups, mean over samples and dims.
+  return sum((sample_w * (total[gi] ** 2).mean(-1)).mean() for gi in range(g))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def points(seed, n, d, shift=0.0, scale=1.0):
+  return np.random.default_rng(seed).normal(shift, scale, size=(n, d)).astype(np.float32)
+
+
+def assert_close(actual, expected, rtol=2e-4):
+  actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+  err = np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30)
+  assert err < rtol, f"relative error {err:.3g} >= {rtol}"
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+@pytest.mark.parametrize("kernel", drift.KERNELS)
+@pytest.mark.parametrize("tau", [0.1, 1.0, 5.0])
+def test_field_matches_reference_self_negatives(normalization, kernel, tau):
+  x, y = points(0, 16, 5), points(1, 12, 5, shift=0.7)
+  got = drift.drift_field(x, y, temperature=tau, kernel=kernel, normalization=normalization)
+  assert_close(got, ref_field(x, y, tau=tau, kernel=kernel, normalization=normalization))
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_field_matches_reference_explicit_negatives(normalization):
+  x, y, z = points(0, 10, 4), points(1, 7, 4, 1.0), points(2, 9, 4, -0.5)
+  got = drift.drift_field(x, y, z, temperature=0.5, normalization=normalization)
+  assert_close(got, ref_field(x, y, z, tau=0.5, normalization=normalization))
+
+
+def test_bidirectional_floor_matches_reference_and_matters():
+  x, y = points(3, 40, 8), points(4, 30, 8, 0.3)
+  exact = drift.drift_field(x, y, temperature=1.0, normalization="bidirectional")
+  floored = drift.drift_field(x, y, temperature=1.0, normalization="bidirectional", floor=1e-6)
+  assert_close(floored, ref_field(x, y, tau=1.0, normalization="bidirectional", floor=1e-6))
+  assert np.max(np.abs(np.asarray(floored) - np.asarray(exact))) > 1e-3
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_anti_symmetry_and_zero_at_equality(normalization):
+  x, a, b = points(5, 9, 3), points(6, 8, 3, 1.0), points(7, 8, 3, -1.0)
+  v_ab = drift.drift_field(x, a, b, temperature=0.7, normalization=normalization)
+  v_ba = drift.drift_field(x, b, a, temperature=0.7, normalization=normalization)
+  np.testing.assert_allclose(v_ab, -v_ba, atol=1e-6)
+  assert np.abs(v_ab).max() > 0.1  # the check above is not vacuous
+  v_aa = drift.drift_field(x, a, a, temperature=0.7, normalization=normalization)
+  np.testing.assert_allclose(v_aa, 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_chain_matches_reference(normalization):
+  x, y, extra = points(8, 12, 3, scale=2.0), points(9, 10, 3, 1.5), points(10, 4, 3, -2.0)
+  neg_w = np.array([0.5, 2.0, 1.0, 0.0], np.float32)
+  got = drift.lookahead_drift(x, y, num_lookahead=3, temperature=0.8, step_size=0.7,
+                              normalization=normalization, extra_negatives=extra,
+                              neg_weights=neg_w, floor=1e-6)
+  want = ref_chain(x, y, k=3, tau=0.8, eta=0.7, extra=extra, neg_w=neg_w,
+                   normalization=normalization, floor=1e-6)
+  assert got.shape == (4, 12, 3)
+  assert_close(got, want)
+  assert not np.allclose(got[1], got[0], atol=1e-3)  # later terms are new information
+
+
+def test_k0_is_plain_drifting():
+  x, y = points(11, 10, 4), points(12, 6, 4, 1.0)
+  chain = drift.lookahead_drift(x, y, num_lookahead=0, temperature=0.3)
+  np.testing.assert_allclose(chain[0], drift.drift_field(x, y, temperature=0.3), atol=1e-6)
+  loss0, _ = drift.drift_loss(x, y, config=drift.LossConfig(num_lookahead=0))
+  loss_default, _ = drift.drift_loss(x, y)
+  np.testing.assert_allclose(loss0, loss_default, rtol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_loss_gradient_is_analytic_in_unscaled_case(normalization):
+  x, y = points(13, 12, 6), points(14, 9, 6, 0.5)
+  w = np.linspace(0.5, 2.0, 12).astype(np.float32)
+  cfg = drift.LossConfig(temperatures=(0.6,), normalization=normalization, floor=0.0,
+                         feature_normalization=False, drift_normalization=False)
+  grad = jax.grad(lambda x: drift.drift_loss(x, y, config=cfg, sample_weights=w)[0])(x)
+  v = ref_field(x, y, tau=0.6, normalization=normalization)
+  assert_close(grad, -2.0 / (12 * 6) * w[:, None] * v)
+
+
+def test_gradient_flows_only_through_generated_features():
+  x, y, z = points(15, 8, 3), points(16, 8, 3, 1.0), points(17, 5, 3)
+  cfg = drift.LossConfig(num_lookahead=2)
+  gy, gz = jax.grad(lambda y, z: drift.drift_loss(x, y, config=cfg, neg_feats=z)[0],
+                    argnums=(0, 1))(y, z)
+  assert np.all(np.asarray(gy) == 0) and np.all(np.asarray(gz) == 0)
+
+
+@pytest.mark.parametrize("cfg", [
+    drift.LossConfig(),
+    drift.LossConfig(num_lookahead=2, normalization="mean_shift", floor=0.0),
+    drift.LossConfig(num_lookahead=2, term_scaling="unit_rms", term_weights=(1.0, 0.5, 0.25),
+                     step_size=0.5),
+    drift.LossConfig(num_lookahead=1, kernel="gaussian", temperatures=(0.1, 0.3)),
+    drift.LossConfig(num_lookahead=1, feature_normalization=False, drift_normalization=False,
+                     temperatures=(1.0,)),
+])
+def test_loss_matches_reference(cfg):
+  rng = np.random.default_rng(18)
+  x = rng.normal(size=(3, 10, 6)).astype(np.float32)
+  pos = (rng.normal(size=(3, 14, 6)) + 0.5).astype(np.float32)
+  neg = rng.normal(size=(3, 4, 6)).astype(np.float32)
+  neg_w, sample_w = np.array([0.5, 1.0, 2.0, 0.3]), rng.uniform(0.5, 1.5, 10)
+  loss, metrics = drift.drift_loss({"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg},
+                                   neg_weights=neg_w, sample_weights=sample_w)
+  want = ref_loss(x, pos, cfg=cfg, neg=neg, neg_w=neg_w, sample_w=sample_w)
+  assert_close(loss, want, rtol=1e-4)
+  assert set(metrics) >= {"loss", "feature_scale/f", "drift_rms/term0"}
+  assert f"drift_rms/term{cfg.num_lookahead}" in metrics
+
+
+def test_several_feature_maps_sum():
+  rng = np.random.default_rng(19)
+  gen = {"a": rng.normal(size=(2, 8, 4)), "b": rng.normal(size=(1, 8, 16))}
+  pos = {"a": rng.normal(size=(2, 6, 4)) + 1, "b": rng.normal(size=(1, 6, 16)) + 1}
+  total, m = drift.drift_loss(gen, pos)
+  single = [drift.drift_loss({k: gen[k]}, {k: pos[k]})[0] for k in gen]
+  np.testing.assert_allclose(total, sum(single), rtol=1e-5)
+  np.testing.assert_allclose(m["loss/a"], single[0], rtol=1e-5)
+
+
+def test_jit_vmap_agree_and_no_retrace():
+  traces = []
+  cfg = drift.LossConfig(num_lookahead=1)
+
+  @jax.jit
+  def loss_fn(x, y):
+    traces.append(1)
+    return drift.drift_loss(x, y, config=cfg)[0]
+
+  xs = [points(20 + i, 8, 3) for i in range(3)]
+  y = points(30, 8, 3, 1.0)
+  for x in xs:
+    np.testing.assert_allclose(loss_fn(x, y), drift.drift_loss(x, y, config=cfg)[0], rtol=1e-5)
+  assert len(traces) == 1
+
+  batch = np.stack(xs)
+  vm = jax.vmap(lambda x: drift.lookahead_drift(x, y, num_lookahead=2, temperature=0.5))(batch)
+  for i, x in enumerate(xs):
+    np.testing.assert_allclose(vm[i], drift.lookahead_drift(x, y, num_lookahead=2,
+                                                            temperature=0.5), atol=1e-5)
+  temps = jnp.array([0.2, 0.5])
+  vt = jax.vmap(lambda t: drift.drift_field(xs[0], y, temperature=t))(temps)
+  np.testing.assert_allclose(vt[1], drift.drift_field(xs[0], y, temperature=0.5), atol=1e-6)
+
+
+def test_float32_stable_at_small_temperature_in_768_dims():
+  rng = np.random.default_rng(21)
+  x = (rng.normal(size=(32, 768)) * 3 + 10).astype(np.float32)  # large offset: cancellation
+  y = (rng.normal(size=(24, 768)) * 3 + 10.5).astype(np.float32)
+  cfg = drift.LossConfig(num_lookahead=2)
+  loss, grad = jax.value_and_grad(lambda x: drift.drift_loss(x, y, config=cfg)[0])(x)
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
+  # τ = 0.02 on distances divided by their mean, against float64.
+  s = np.mean(ref_dist(x.astype(np.float64), np.concatenate([x, y]).astype(np.float64)))
+  for norm in drift.NORMALIZATIONS:
+    got = drift.drift_field(x / s, y / s, temperature=0.02, normalization=norm)
+    want = ref_field(x / s, y / s, tau=0.02, normalization=norm)
+    assert_close(got, want, rtol=2e-3)
+  assert_close(loss, ref_loss(x[None], y[None], cfg=cfg), rtol=1e-3)
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_no_nan_far_from_every_target(normalization):
+  x = points(22, 6, 4)
+  x[0] += 1e4
+  y = points(23, 5, 4, 1.0)
+  v = np.asarray(drift.drift_field(x, y, temperature=0.05, normalization=normalization))
+  assert np.all(np.isfinite(v))
+  loss, grad = jax.value_and_grad(lambda x: drift.drift_loss(x, y)[0])(x)
+  assert np.isfinite(loss) and np.all(np.isfinite(grad))
+  if normalization == "mean_shift":  # pulled to the nearest positive, pushed from nearest neg.
+    near_pos = y[np.argmin(ref_dist(x[:1], y))]
+    near_neg = x[1:][np.argmin(ref_dist(x[:1], x[1:]))]
+    np.testing.assert_allclose(v[0], near_pos - near_neg, rtol=1e-3, atol=1e-2)
+
+
+def test_single_sample_without_negatives_is_finite():
+  v = drift.drift_field(points(24, 1, 2), points(25, 3, 2), temperature=0.5,
+                        normalization="bidirectional")
+  assert np.all(np.isfinite(v))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x, y: drift.drift_field(x, y, temperature=0.0), "temperature"),
+    (lambda x, y: drift.drift_field(x, y, temperature=-1.0), "temperature"),
+    (lambda x, y: drift.drift_field(x, y, temperature=1.0, kernel="cauchy"), "kernel"),
+    (lambda x, y: drift.drift_field(x, y, temperature=1.0, normalization="x"), "normalization"),
+    (lambda x, y: drift.drift_field(x, y[:, :2], temperature=1.0), "y_pos"),
+    (lambda x, y: drift.drift_field(x, y, y[:, :2], temperature=1.0), "y_neg"),
+    (lambda x, y: drift.drift_field(x[0], y, temperature=1.0), "x"),
+    (lambda x, y: drift.lookahead_drift(x, y, num_lookahead=-1, temperature=1.0),
+     "num_lookahead"),
+    (lambda x, y: drift.lookahead_drift(x, y, num_lookahead=1.5, temperature=1.0),
+     "num_lookahead"),
+    (lambda x, y: drift.lookahead_drift(x, y, num_lookahead=1, temperature=0.0),
+     "temperature"),
+    (lambda x, y: drift.drift_loss(x, y[:, :2]), "pos_feats"),
+    (lambda x, y: drift.drift_loss(x, y, sample_weights=np.ones(3)), "sample_weights"),
+    (lambda x, y: drift.LossConfig(temperatures=(0.1, 0.0)), "temperatures"),
+    (lambda x, y: drift.LossConfig(num_lookahead=-2), "num_lookahead"),
+    (lambda x, y: drift.LossConfig(kernel="rbf"), "kernel"),
+    (lambda x, y: drift.LossConfig(term_scaling="max"), "term_scaling"),
+    (lambda x, y: drift.LossConfig(num_lookahead=1, term_weights=(1.0,)), "term_weights"),
+])
+def test_bad_arguments_name_the_argument(call, match):
+  with pytest.raises(ValueError, match=match):
+    call(points(26, 5, 3), points(27, 4, 3))
