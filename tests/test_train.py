@@ -133,3 +133,18 @@ def test_cli_smoke_run_writes_checkpoint_metrics_and_png(tmp_path):
   assert Image.open(png).size == (800, 400)
   assert str(png) in proc.stdout and str(workdir / "metrics.jsonl") in proc.stdout
   assert json.loads((workdir / "config.json").read_text())["num_steps"] == 6
+
+
+def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
+  writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    has_tf = True
+  except ImportError:
+    has_tf = False
+  assert writer.has_tensorboard == has_tf
+  writer.write_scalars(3, {"loss": jnp.float32(1.5), "n": 2})
+  writer.write_images(3, {"samples": np.zeros((1, 4, 4, 1), np.uint8)})
+  writer.close()
+  assert metrics_io.read_jsonl(str(tmp_path / "metrics.jsonl")) == [
+      {"step": 3, "loss": 1.5, "n": 2}]
