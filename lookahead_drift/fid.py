@@ -269,15 +269,10 @@ def _load_input(path: str) -> tuple[str, Any]:
 
 
 def _reference_images(name: str, data_dir: str | None, split: str) -> np.ndarray:
-  from lookahead_drift import _ref_data  # pylint: disable=g-import-not-at-top
-  if name == "fashion_mnist":
-    return _ref_data.fashion_mnist(data_dir, split)
-  if split != "train":
-    raise ValueError(f"--split={split}: only the CIFAR-10 training set is supported")
-  if not data_dir:
-    raise ValueError("--ref=cifar10 needs --data_dir=PATH (cifar-10-python.tar.gz, "
-                     "cifar-10-binary.tar.gz or their extracted directory)")
-  return _ref_data.cifar10_train(data_dir)
+  """uint8 images of a data set split, read by the training input pipeline."""
+  from lookahead_drift import input_pipeline  # pylint: disable=g-import-not-at-top
+  images, _ = input_pipeline.load_images({"name": name, "split": split, "data_dir": data_dir})
+  return images
 
 
 def main(argv: list[str] | None = None) -> None:

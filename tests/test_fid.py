@@ -1,15 +1,10 @@
 """FID/KID maths, statistics files, data readers and input checks (no torch, no weights)."""
 
-import gzip
-import io
-import pickle
-import tarfile
 
 import numpy as np
 import pytest
 import scipy.linalg
 
-from lookahead_drift import _ref_data
 from lookahead_drift import fid
 
 
@@ -171,43 +166,3 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     fid.main(["--ref=fashion_mnist"])
 
 
-def test_fashion_mnist_reader_parses_idx(tmp_path):
-  images = np.random.default_rng(10).integers(0, 256, (3, 28, 28), dtype=np.uint8)
-  header = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
-  with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
-    f.write(header + images.tobytes())
-  got = _ref_data.fashion_mnist(tmp_path, "test")
-  np.testing.assert_array_equal(got, images[..., None])
-  with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
-    _ref_data.fashion_mnist(tmp_path, "train")
-  with pytest.raises(ValueError, match="IDX"):
-    _ref_data.parse_idx_images(b"\x00\x00\x08\x01" + bytes(12))
-  with pytest.raises(ValueError, match="header says"):
-    _ref_data.parse_idx_images(header + images.tobytes()[:-1])
-
-
-def _add_to_tar(tar, name, data):
-  info = tarfile.TarInfo(name)
-  info.size = len(data)
-  tar.addfile(info, io.BytesIO(data))
-
-
-@pytest.mark.parametrize("version", ["python", "binary"])
-def test_cifar10_reader_reads_both_archive_formats(tmp_path, version):
-  rng = np.random.default_rng(11)
-  batches = [rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for _ in range(5)]
-  path = tmp_path / f"cifar-10-{version}.tar.gz"
-  with tarfile.open(path, "w:gz") as tar:
-    for i, b in enumerate(batches, 1):
-      chw = b.transpose(0, 3, 1, 2).reshape(2, -1)  # Stored as R, G, B planes.
-      if version == "python":
-        data = pickle.dumps({b"data": chw, b"labels": [0, 1]})
-        _add_to_tar(tar, f"cifar-10-batches-py/data_batch_{i}", data)
-      else:
-        data = np.concatenate([np.full((2, 1), 7, np.uint8), chw], axis=1).tobytes()
-        _add_to_tar(tar, f"cifar-10-batches-bin/data_batch_{i}.bin", data)
-    _add_to_tar(tar, "cifar-10-batches-py/test_batch", b"ignored")
-  np.testing.assert_array_equal(_ref_data.cifar10_train(path), np.concatenate(batches))
-  (tmp_path / "empty").mkdir()
-  with pytest.raises(ValueError, match="data_batch_1..5"):
-    _ref_data.cifar10_train(tmp_path / "empty")

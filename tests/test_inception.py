@@ -206,6 +206,8 @@ def test_reference_stats_command_on_grey_images(weights, torch_model, converter,
   images = _images(6, (3, 28, 28))
   header = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
   (tmp_path / "t10k-images-idx3-ubyte").write_bytes(header + images.tobytes())
+  labels = b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([0, 1, 2])
+  (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(labels)
   out = tmp_path / "stats.npz"
   fid.main(["--ref=fashion_mnist", f"--data_dir={tmp_path}", "--split=test", f"--out={out}",
             f"--inception_weights={weights}", "--batch_size=4"])

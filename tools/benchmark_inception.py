@@ -19,14 +19,14 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from lookahead_drift import _ref_data  # noqa: E402
 from lookahead_drift import fid  # noqa: E402
 from lookahead_drift import inception  # noqa: E402
+from lookahead_drift import input_pipeline  # noqa: E402
 
 
 def _images(data: str, n: int, size: int) -> np.ndarray:
   if data == "fashion_mnist":
-    return np.ascontiguousarray(_ref_data.fashion_mnist(None, "test")[:n])
+    return np.ascontiguousarray(input_pipeline.load_images({"name": "fashion_mnist", "split": "test"})[0][:n])
   return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
