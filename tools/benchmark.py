@@ -24,6 +24,7 @@ its own step time and per-process throughput, process 0 also the global throughp
 """
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import platform
@@ -66,6 +67,9 @@ flags.DEFINE_enum("drift_mode", "grad", ["grad", "forward"],
                   "loss alone.")
 flags.DEFINE_integer("drift_steps", 10, "Timed calls per drift-loss grid point.")
 flags.DEFINE_integer("drift_warmup", 2, "Untimed calls per grid point after the first.")
+flags.DEFINE_list("summarize", [],
+                  "Instead of measuring: print markdown tables combining these JSON reports "
+                  "(repeated runs of the same setting side by side, with their median).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
@@ -132,7 +136,8 @@ def compiled_analysis(compiled: Any) -> dict[str, float | None]:
 
 
 def peak_memory() -> dict[str, Any] | None:
-  """Peak bytes in use on this process's devices, or None where the backend does not say."""
+  """Peak bytes in use on this process's devices since the process started (the backend
+  cannot reset it), or None where the backend does not say (CPU)."""
   per_device = []
   for device in jax.local_devices():
     stats = device.memory_stats()
@@ -145,6 +150,13 @@ def peak_memory() -> dict[str, Any] | None:
           "per_device": per_device}
 
 
+def _package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
 def environment() -> dict[str, Any]:
   """What the numbers were measured on."""
   device = jax.devices()[0]
@@ -155,7 +167,7 @@ def environment() -> dict[str, Any]:
     cpu = names[0] if names else cpu
   except OSError:
     pass
-  return {"jax_version": jax.__version__, "jaxlib_version": jax.lib.__version__,
+  return {"jax_version": jax.__version__, "jaxlib_version": _package_version("jaxlib"),
           "backend": jax.default_backend(), "device_kind": device.device_kind,
           "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
           "process_count": jax.process_count(), "process_index": jax.process_index(),
@@ -270,10 +282,12 @@ def benchmark_drift_loss(loss_config: drift.LossConfig, shapes: dict[str, tuple[
 
 
 def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[int],
-                   dims: Sequence[int], steps: int, warmup: int, mode: str,
-                   image_shape: tuple[int, ...]) -> list[dict[str, Any]]:
+                   dims: Sequence[int], steps: int, warmup: int,
+                   mode: str) -> list[dict[str, Any]]:
   """The drift-loss benchmark for every (D, N, k); D is one point if shapes come from config."""
   base = train.create_loss_config(config)
+  image_shape = () if dims else tuple(
+      np.shape(next(train.create_dataset(config, 0))["image"])[1:])
   results = []
   for dim_choice in ([[d] for d in dims] if dims else [[]]):
     for n in batch_sizes:
@@ -330,6 +344,49 @@ def format_drift_table(results: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def _describe(report: dict[str, Any]) -> str:
+  overrides = " ".join(f"{k}={v}" for k, v in sorted(report["overrides"].items()))
+  env = report["environment"]
+  return (f"{report['config']} {overrides}".strip() +
+          f" ({env['device_count']} {env['backend']} dev, {env['process_count']} proc)")
+
+
+def summarize_reports(paths: Sequence[str]) -> str:
+  """Markdown tables over JSON reports; repeated runs of one setting become one row."""
+  reports = []
+  for path in paths:
+    with open(path, encoding="utf-8") as f:
+      reports.append(json.load(f))
+  train_rows: dict[str, list[dict[str, Any]]] = {}
+  drift_rows: dict[tuple[str, int, int, str], list[float]] = {}
+  for report in reports:
+    if "train_step" in report:
+      train_rows.setdefault(_describe(report), []).append(report["train_step"])
+    for r in report.get("drift_loss", []):
+      feats = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+      key = (feats, r["batch_size"], r["num_lookahead"], r["mode"])
+      drift_rows.setdefault(key, []).append(r["time"]["median_s"])
+  join = lambda values: " / ".join(_ms(v) for v in values)
+  lines = []
+  if train_rows:
+    lines += ["| setting | batch | runs | step median per run (ms) | median of runs (ms) | "
+              "images/s (median of runs) | compile per run (s) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, runs in train_rows.items():
+      medians = [r["step_time"]["median_s"] for r in runs]
+      median = float(np.median(medians))
+      lines.append(f"| {name} | {runs[0]['global_batch_size']} | {len(runs)} | {join(medians)} "
+                   f"| {_ms(median)} | {runs[0]['global_batch_size'] / median:.4g} | "
+                   + " / ".join(f"{r['compile_s']:.2f}" for r in runs) + " |")
+  if drift_rows:
+    lines += ["", "| features [G, N, D] | N | k | mode | median per run (ms) | "
+              "median of runs (ms) |", "|---|---|---|---|---|---|"]
+    for (feats, n, k, mode), medians in sorted(drift_rows.items()):
+      lines.append(f"| {feats} | {n} | {k} | {mode} | {join(medians)} | "
+                   f"{_ms(float(np.median(medians)))} |")
+  return "\n".join(lines)
+
+
 def _overrides(argv: Sequence[str]) -> dict[str, str]:
   """The --config.x=value overrides exactly as given on the command line."""
   out, args = {}, list(argv)
@@ -342,6 +399,11 @@ def _overrides(argv: Sequence[str]) -> dict[str, str]:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  if FLAGS.summarize:
+    print(summarize_reports(FLAGS.summarize))
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required (unless --summarize is given).")
   train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
   config = FLAGS.config
@@ -353,7 +415,6 @@ def main(argv: Sequence[str]) -> None:
       "flags": {"steps": FLAGS.steps, "warmup": FLAGS.warmup, "drift_mode": FLAGS.drift_mode,
                 "drift_steps": FLAGS.drift_steps, "drift_warmup": FLAGS.drift_warmup},
   }
-  image_shape = tuple(np.shape(next(train.create_dataset(config, 0))["image"])[1:])
 
   if FLAGS.train_step:
     result = benchmark_train_step(config, FLAGS.steps, FLAGS.warmup)
@@ -374,7 +435,7 @@ def main(argv: Sequence[str]) -> None:
     results = run_drift_grid(
         config, [int(n) for n in FLAGS.drift_batch_sizes], [int(k) for k in FLAGS.drift_ks],
         [int(d) for d in FLAGS.drift_dims], FLAGS.drift_steps, FLAGS.drift_warmup,
-        FLAGS.drift_mode, image_shape)
+        FLAGS.drift_mode)
     report["drift_loss"] = results
     if lead:
       print(f"drift loss ({FLAGS.drift_mode}, one device: {jax.local_devices()[0]})", flush=True)
@@ -390,5 +451,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config"])
   app.run(main)
