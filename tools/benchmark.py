@@ -358,32 +358,38 @@ def summarize_reports(paths: Sequence[str]) -> str:
     with open(path, encoding="utf-8") as f:
       reports.append(json.load(f))
   train_rows: dict[str, list[dict[str, Any]]] = {}
-  drift_rows: dict[tuple[str, int, int, str], list[float]] = {}
+  drift_rows: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
   for report in reports:
     if "train_step" in report:
       train_rows.setdefault(_describe(report), []).append(report["train_step"])
     for r in report.get("drift_loss", []):
       feats = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
       key = (feats, r["batch_size"], r["num_lookahead"], r["mode"])
-      drift_rows.setdefault(key, []).append(r["time"]["median_s"])
+      drift_rows.setdefault(key, []).append(r)
   join = lambda values: " / ".join(_ms(v) for v in values)
   lines = []
   if train_rows:
     lines += ["| setting | batch | runs | step median per run (ms) | median of runs (ms) | "
-              "images/s (median of runs) | compile per run (s) |",
-              "|---|---|---|---|---|---|---|"]
+              "images/s (median of runs) | fastest step (ms) | compile per run (s) |",
+              "|---|---|---|---|---|---|---|---|"]
     for name, runs in train_rows.items():
       medians = [r["step_time"]["median_s"] for r in runs]
       median = float(np.median(medians))
       lines.append(f"| {name} | {runs[0]['global_batch_size']} | {len(runs)} | {join(medians)} "
                    f"| {_ms(median)} | {runs[0]['global_batch_size'] / median:.4g} | "
-                   + " / ".join(f"{r['compile_s']:.2f}" for r in runs) + " |")
+                   f"{_ms(min(r['step_time']['min_s'] for r in runs))} | " + " / ".join(f"{r['compile_s']:.2f}" for r in runs) + " |")
   if drift_rows:
     lines += ["", "| features [G, N, D] | N | k | mode | median per run (ms) | "
-              "median of runs (ms) |", "|---|---|---|---|---|---|"]
-    for (feats, n, k, mode), medians in sorted(drift_rows.items()):
+              "median of runs (ms) | fastest call (ms) | XLA temp |",
+              "|---|---|---|---|---|---|---|---|"]
+    # Group name first (e.g. "d2" before "d64"), then N and k numerically.
+    order = lambda item: (item[0][0].split(":")[0], *item[0][1:])
+    for (feats, n, k, mode), runs in sorted(drift_rows.items(), key=order):
+      medians = [r["time"]["median_s"] for r in runs]
       lines.append(f"| {feats} | {n} | {k} | {mode} | {join(medians)} | "
-                   f"{_ms(float(np.median(medians)))} |")
+                   f"{_ms(float(np.median(medians)))} | "
+                   f"{_ms(min(r['time']['min_s'] for r in runs))} | "
+                   f"{_bytes(runs[0]['xla_analysis']['temp_bytes'])} |")
   return "\n".join(lines)
 
 
