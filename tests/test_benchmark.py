@@ -17,31 +17,54 @@ TOOL = os.path.join(ROOT, "tools", "benchmark.py")
 SMOKE = ["--config=configs/toy2d.py:smoke", "--steps=3", "--warmup=1"]
 
 
-def _launch(json_path: str, extra: list[str], num_devices: int | None = None):
+def _launch(args: list[str], num_devices: int | None = None) -> subprocess.Popen:
   env = dict(os.environ)
-  env.pop("JAX_PLATFORMS", None)
+  env["JAX_PLATFORMS"] = "cpu"  # the checks below (no memory_stats, fake devices) are CPU's
   env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={num_devices}"
                       if num_devices else "")
-  return subprocess.Popen([sys.executable, TOOL, *SMOKE, f"--json={json_path}", *extra],
-                          cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+  return subprocess.Popen([sys.executable, TOOL, *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _synthetic_report(step_ms: float, drift_ms: float) -> dict:
+  """A minimal report as the tool writes it, with known times (for --summarize)."""
+  step = {"median_s": step_ms / 1e3, "min_s": step_ms / 2e3}
+  return {
+      "config": "configs/toy2d.py", "overrides": {"loss.num_lookahead": "1"},
+      "environment": {"device_count": 1, "backend": "cpu", "process_count": 1},
+      "train_step": {"global_batch_size": 100, "step_time": step, "compile_s": 1.0},
+      "drift_loss": [{"shapes": {"d2": [1, 64, 2]}, "batch_size": 64, "num_lookahead": 1,
+                      "mode": "grad", "time": {"median_s": drift_ms / 1e3,
+                                               "min_s": drift_ms / 2e3},
+                      "xla_analysis": {"temp_bytes": 2**20}}],
+  }
 
 
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("bench")
+  synthetic = []
+  for i, (step_ms, drift_ms) in enumerate([(10.0, 4.0), (30.0, 8.0), (20.0, 6.0)]):
+    synthetic.append(str(tmp / f"synthetic{i}.json"))
+    with open(synthetic[-1], "w", encoding="utf-8") as f:
+      json.dump(_synthetic_report(step_ms, drift_ms), f)
+  # All three at once: the two measuring runs and --summarize (needs no config).
   runs = {
-      "one_device": _launch(str(tmp / "one.json"),
-                            ["--config.loss.num_lookahead=1", "--drift_batch_sizes=16",
+      "one_device": _launch([*SMOKE, f"--json={tmp / 'one_device.json'}",
+                             "--config.loss.num_lookahead=1", "--drift_batch_sizes=16",
                              "--drift_ks=2", "--drift_dims=3", "--drift_steps=2"]),
-      "two_devices": _launch(str(tmp / "two.json"), ["--nodrift"], num_devices=2),
+      "two_devices": _launch([*SMOKE, f"--json={tmp / 'two_devices.json'}", "--nodrift"],
+                             num_devices=2),
+      "summarize": _launch([f"--summarize={','.join(synthetic)}"]),
   }
   out = {}
   for name, proc in runs.items():
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, f"{name} failed:\n{log[-4000:]}"
-    path = tmp / ("one.json" if name == "one_device" else "two.json")
-    with open(path, encoding="utf-8") as f:
+    if name == "summarize":
+      out[name] = (None, log)
+      continue
+    with open(tmp / f"{name}.json", encoding="utf-8") as f:
       out[name] = (json.load(f), log)
   return out
 
@@ -96,3 +119,15 @@ def test_two_fake_devices_shard_the_step(reports):
   assert report["environment"]["device_count"] == 2
   _assert_train_step(report["train_step"], num_devices=2)
   assert "drift_loss" not in report
+
+
+def test_summarize_combines_repeated_runs(reports):
+  _, log = reports["summarize"]
+  rows = [line for line in log.splitlines() if line.startswith("| configs/") or
+          line.startswith("| d2:")]
+  # Three runs of one setting -> one row; median of 10/30/20 ms is 20 ms, 100 / 0.02 s = 5000
+  # images/s; fastest = half the smallest median (as written above).
+  assert rows[0] == ("| configs/toy2d.py loss.num_lookahead=1 (1 cpu dev, 1 proc) | 100 | 3 | "
+                     "10 / 30 / 20 | 20 | 5000 | 5 | 1.00 / 1.00 / 1.00 |")
+  assert rows[1] == "| d2: 1x64x2 | 64 | 1 | grad | 4 / 8 / 6 | 6 | 2 | 1.00 MiB |"
+  assert len(rows) == 2

@@ -136,8 +136,8 @@ def compiled_analysis(compiled: Any) -> dict[str, float | None]:
 
 
 def peak_memory() -> dict[str, Any] | None:
-  """Peak bytes in use on this process's devices since the process started (the backend
-  cannot reset it), or None where the backend does not say (CPU)."""
+  """Peak bytes in use on this process's devices since the process started (never reset
+  here), or None where the backend does not report it (CPU)."""
   per_device = []
   for device in jax.local_devices():
     stats = device.memory_stats()
@@ -375,11 +375,13 @@ def summarize_reports(paths: Sequence[str]) -> str:
     for name, runs in train_rows.items():
       medians = [r["step_time"]["median_s"] for r in runs]
       median = float(np.median(medians))
+      compiles = " / ".join(f"{r['compile_s']:.2f}" for r in runs)
       lines.append(f"| {name} | {runs[0]['global_batch_size']} | {len(runs)} | {join(medians)} "
                    f"| {_ms(median)} | {runs[0]['global_batch_size'] / median:.4g} | "
-                   f"{_ms(min(r['step_time']['min_s'] for r in runs))} | " + " / ".join(f"{r['compile_s']:.2f}" for r in runs) + " |")
+                   f"{_ms(min(r['step_time']['min_s'] for r in runs))} | {compiles} |")
   if drift_rows:
-    lines += ["", "| features [G, N, D] | N | k | mode | median per run (ms) | "
+    lines += [""] if lines else []
+    lines += ["| features [G, N, D] | N | k | mode | median per run (ms) | "
               "median of runs (ms) | fastest call (ms) | XLA temp |",
               "|---|---|---|---|---|---|---|---|"]
     # Group name first (e.g. "d2" before "d64"), then N and k numerically.
