@@ -21,6 +21,9 @@ on CPU), and XLA's compile-time estimate (`compiled.memory_analysis()`) everywhe
 Multi-process: pass --coordinator_address/--num_processes/--process_id; every process prints
 its own step time and per-process throughput, process 0 also the global throughput
 (global batch / median step time) and writes the JSON.
+
+`--summarize=A.json,B.json` (no --config) prints tables combining saved reports, repeated runs
+of one setting in one row.
 """
 
 import dataclasses
