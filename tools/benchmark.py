@@ -1,0 +1,465 @@
+"""Times a config's train step and the drift loss alone; reports compile time and memory.
+
+  python tools/benchmark.py --config=configs/toy2d.py [--config.loss.num_lookahead=1] \
+      [--steps=50 --warmup=5] [--drift_batch_sizes=64,256 --drift_ks=0,1 --drift_dims=2,64] \
+      [--json=/tmp/bench.json]
+
+Train step: the library's own state creation and jitted step (`train.create_experiment`), on
+one fixed batch from the config's input pipeline (host data loading is not timed), sharded
+over all devices of the mesh. The step is lowered and compiled explicitly (timed apart from the
+first run), then every timed step is synchronised with `jax.block_until_ready`; we report the
+median and interquartile range, plus the mean of the same number of steps dispatched back to
+back ("pipelined", as in the training loop, which does not wait for each step).
+
+Drift loss: `drift.drift_loss` jitted (value and gradient w.r.t. the generated features, as in
+training, or `--drift_mode=forward`) on random features with the config's feature shapes
+(`encoder.create_feature_fn`) or `--drift_dims`, on one device, for each batch size and k.
+
+Memory: the peak reported by `device.memory_stats()` where the backend has it (GPU/TPU; "n/a"
+on CPU), and XLA's compile-time estimate (`compiled.memory_analysis()`) everywhere.
+
+Multi-process: pass --coordinator_address/--num_processes/--process_id; every process prints
+its own step time and per-process throughput, process 0 also the global throughput
+(global batch / median step time) and writes the JSON.
+
+`--summarize=A.json,B.json` (no --config) prints tables combining saved reports, repeated runs
+of one setting in one row.
+"""
+
+import dataclasses
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+# Run as a script from a checkout: make the package importable without installing it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lookahead_drift import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+flags.DEFINE_integer("steps", 20, "Timed train steps (after warm-up).")
+flags.DEFINE_integer("warmup", 3, "Untimed train steps after the first run.")
+flags.DEFINE_string("json", None, "Write the results here (process 0).")
+flags.DEFINE_bool("train_step", True, "Benchmark the train step.")
+flags.DEFINE_bool("drift", True, "Benchmark the drift loss alone.")
+flags.DEFINE_list("drift_batch_sizes", ["64", "128", "256", "512"],
+                  "Batch sizes N (= number of positives M) of the drift-loss grid.")
+flags.DEFINE_list("drift_ks", ["0", "1", "2", "3"], "num_lookahead values of the grid.")
+flags.DEFINE_list("drift_dims", [],
+                  "Feature dims D of the grid (one group [1, N, D] each); empty: the config's "
+                  "feature shapes.")
+flags.DEFINE_enum("drift_mode", "grad", ["grad", "forward"],
+                  "Time value_and_grad w.r.t. the generated features (as in training) or the "
+                  "loss alone.")
+flags.DEFINE_integer("drift_steps", 10, "Timed calls per drift-loss grid point.")
+flags.DEFINE_integer("drift_warmup", 2, "Untimed calls per grid point after the first.")
+flags.DEFINE_list("summarize", [],
+                  "Instead of measuring: print markdown tables combining these JSON reports "
+                  "(repeated runs of the same setting side by side, with their median).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
+
+ConfigDict = ml_collections.ConfigDict
+
+
+# ----------------------------------------------------------------------------- measurement
+
+
+def summarize(times: Sequence[float]) -> dict[str, float]:
+  """Median, quartiles and range of per-call times in seconds."""
+  if not times:
+    raise ValueError("summarize() needs at least one time; got none (steps must be >= 1).")
+  t = np.asarray(times, np.float64)
+  q25, median, q75 = np.percentile(t, [25, 50, 75])
+  return {"median_s": float(median), "q25_s": float(q25), "q75_s": float(q75),
+          "iqr_s": float(q75 - q25), "min_s": float(t.min()), "max_s": float(t.max()),
+          "n": int(t.size)}
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+  start = time.perf_counter()
+  out = jax.block_until_ready(fn())
+  return out, time.perf_counter() - start
+
+
+def compile_timed(jitted: Any, *args: Any) -> tuple[Any, dict[str, float]]:
+  """Lowers and compiles `jitted` for `args`, timing both phases apart from any run."""
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lower_s = time.perf_counter() - start
+  start = time.perf_counter()
+  compiled = lowered.compile()
+  compile_s = time.perf_counter() - start
+  return compiled, {"lower_s": lower_s, "compile_s": compile_s}
+
+
+def compiled_analysis(compiled: Any) -> dict[str, float | None]:
+  """XLA's static estimates for one executable (bytes per device; FLOPs), None if absent."""
+  out: dict[str, float | None] = {"temp_bytes": None, "argument_bytes": None,
+                                  "output_bytes": None, "generated_code_bytes": None,
+                                  "flops": None}
+  try:
+    mem = compiled.memory_analysis()
+  except Exception:  # Not implemented on every backend.  pylint: disable=broad-except
+    mem = None
+  if mem is not None:
+    for key, attr in (("temp_bytes", "temp_size_in_bytes"),
+                      ("argument_bytes", "argument_size_in_bytes"),
+                      ("output_bytes", "output_size_in_bytes"),
+                      ("generated_code_bytes", "generated_code_size_in_bytes")):
+      value = getattr(mem, attr, None)
+      out[key] = None if value is None else int(value)
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    cost = None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if cost and "flops" in cost:
+    out["flops"] = float(cost["flops"])
+  return out
+
+
+def peak_memory() -> dict[str, Any] | None:
+  """Peak bytes in use on this process's devices since the process started (never reset
+  here), or None where the backend does not report it (CPU)."""
+  per_device = []
+  for device in jax.local_devices():
+    stats = device.memory_stats()
+    if not stats or "peak_bytes_in_use" not in stats:
+      return None
+    per_device.append({"device": str(device), "peak_bytes_in_use": int(stats["peak_bytes_in_use"]),
+                       "bytes_limit": int(stats["bytes_limit"]) if "bytes_limit" in stats
+                       else None})
+  return {"max_peak_bytes_in_use": max(d["peak_bytes_in_use"] for d in per_device),
+          "per_device": per_device}
+
+
+def _package_version(name: str) -> str | None:
+  try:
+    return importlib.metadata.version(name)
+  except importlib.metadata.PackageNotFoundError:
+    return None
+
+
+def environment() -> dict[str, Any]:
+  """What the numbers were measured on."""
+  device = jax.devices()[0]
+  cpu = platform.processor() or None
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = names[0] if names else cpu
+  except OSError:
+    pass
+  return {"jax_version": jax.__version__, "jaxlib_version": _package_version("jaxlib"),
+          "backend": jax.default_backend(), "device_kind": device.device_kind,
+          "device_count": jax.device_count(), "local_device_count": jax.local_device_count(),
+          "process_count": jax.process_count(), "process_index": jax.process_index(),
+          "host_cpu": cpu, "host_cpu_count": os.cpu_count(),
+          "python": platform.python_version()}
+
+
+# ----------------------------------------------------------------------------- train step
+
+
+def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+  """Times the library's jitted train step on a fixed global batch (see module docstring)."""
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
+  start = time.perf_counter()
+  exp = train.create_experiment(config)
+  jax.block_until_ready(exp.state)
+  setup_s = time.perf_counter() - start
+  local = next(train.create_dataset(config, 0))
+  batch = sharding.global_batch({"image": local["image"]}, exp.mesh)
+
+  compiled, compile_times = compile_timed(exp.step_fn, exp.state, batch, exp.encoder_params)
+  analysis = compiled_analysis(compiled)
+  state = exp.state  # donated by the first call
+  (state, metrics), first_run_s = _timed(lambda: compiled(state, batch, exp.encoder_params))
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch, exp.encoder_params)
+  jax.block_until_ready((state, metrics))
+
+  times = []
+  for _ in range(steps):
+    (state, metrics), seconds = _timed(lambda: compiled(state, batch, exp.encoder_params))
+    times.append(seconds)
+  start = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch, exp.encoder_params)
+  jax.block_until_ready((state, metrics))
+  pipelined_s = (time.perf_counter() - start) / steps
+
+  stats = summarize(times)
+  global_batch = int(config.data.batch_size)
+  local_batch = global_batch // jax.process_count()
+  # Every process's median step time, so process 0 can report them all.
+  medians = multihost_utils.process_allgather(np.array(stats["median_s"])) \
+      if jax.process_count() > 1 else np.array([stats["median_s"]])
+  return {
+      "global_batch_size": global_batch,
+      "process_batch_size": local_batch,
+      "mesh_shape": dict(exp.mesh.shape),
+      "setup_s": setup_s,
+      **compile_times,
+      "first_run_s": first_run_s,
+      "warmup_steps": warmup,
+      "step_time": stats,
+      "pipelined_step_s": pipelined_s,
+      "process_images_per_s": local_batch / stats["median_s"],
+      "global_images_per_s": global_batch / stats["median_s"],
+      "process_median_step_s": [float(m) for m in np.ravel(medians)],
+      "final_loss": float(jax.device_get(metrics["loss"])),
+      "xla_analysis": analysis,
+      "peak_memory": peak_memory(),
+  }
+
+
+# ----------------------------------------------------------------------------- drift loss
+
+
+def feature_shapes(config: ConfigDict, batch_size: int, dims: Sequence[int],
+                   image_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+  """{name: [G, N, D]} of the drift grid: one [1, N, D] group per D in `dims`, or the
+  shapes the config's encoder gives for `batch_size` images of `image_shape`."""
+  if dims:
+    return {f"d{d}": (1, batch_size, int(d)) for d in dims}
+  feature_fn, params = encoder.create_feature_fn(config.encoder)
+  shapes = jax.eval_shape(feature_fn, params,
+                          jax.ShapeDtypeStruct((batch_size, *image_shape), jnp.float32))
+  if not isinstance(shapes, dict):
+    shapes = {"x": shapes}
+  return {name: tuple(s.shape) for name, s in shapes.items()}
+
+
+def benchmark_drift_loss(loss_config: drift.LossConfig, shapes: dict[str, tuple[int, ...]],
+                         steps: int, warmup: int, mode: str = "grad",
+                         seed: int = 0) -> dict[str, Any]:
+  """Times jitted `drift.drift_loss` on random generated/positive features of `shapes`."""
+  if steps < 1 or warmup < 0:
+    raise ValueError(f"--drift_steps={steps} must be >= 1 and --drift_warmup={warmup} >= 0.")
+  if mode not in ("grad", "forward"):
+    raise ValueError(f"mode={mode!r}: expected 'grad' or 'forward'.")
+  rng = jax.random.PRNGKey(seed)
+  gen, pos = {}, {}
+  for i, (name, shape) in enumerate(sorted(shapes.items())):
+    gen_rng, pos_rng = jax.random.split(jax.random.fold_in(rng, i))
+    gen[name] = jax.random.normal(gen_rng, shape, jnp.float32)
+    pos[name] = jax.random.normal(pos_rng, shape, jnp.float32) + 0.5
+
+  def loss(g, p):
+    return drift.drift_loss(g, p, config=loss_config)
+
+  fn = jax.jit(jax.value_and_grad(loss, has_aux=True) if mode == "grad" else loss)
+  compiled, compile_times = compile_timed(fn, gen, pos)
+  out, first_run_s = _timed(lambda: compiled(gen, pos))
+  for _ in range(warmup):
+    out = compiled(gen, pos)
+  jax.block_until_ready(out)
+  times = [_timed(lambda: compiled(gen, pos))[1] for _ in range(steps)]
+  loss_value = out[0][0] if mode == "grad" else out[0]
+  return {"num_lookahead": loss_config.num_lookahead,
+          "shapes": {k: list(v) for k, v in shapes.items()}, "mode": mode,
+          **compile_times, "first_run_s": first_run_s, "time": summarize(times),
+          "loss": float(loss_value), "xla_analysis": compiled_analysis(compiled)}
+
+
+def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[int],
+                   dims: Sequence[int], steps: int, warmup: int,
+                   mode: str) -> list[dict[str, Any]]:
+  """The drift-loss benchmark for every (D, N, k); D is one point if shapes come from config."""
+  base = train.create_loss_config(config)
+  image_shape = () if dims else tuple(
+      np.shape(next(train.create_dataset(config, 0))["image"])[1:])
+  results = []
+  for dim_choice in ([[d] for d in dims] if dims else [[]]):
+    for n in batch_sizes:
+      shapes = feature_shapes(config, n, dim_choice, image_shape)
+      for k in ks:
+        cfg = dataclasses.replace(base, num_lookahead=int(k))
+        result = benchmark_drift_loss(cfg, shapes, steps, warmup, mode)
+        result["batch_size"] = int(n)
+        results.append(result)
+  return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _ms(seconds: float) -> str:
+  return f"{1e3 * seconds:.3g}"
+
+
+def _bytes(n: float | None) -> str:
+  return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+def format_train_table(r: dict[str, Any]) -> str:
+  s = r["step_time"]
+  peak = r["peak_memory"]
+  rows = [
+      ("global / process batch", f"{r['global_batch_size']} / {r['process_batch_size']}"),
+      ("mesh (data, model)", f"{r['mesh_shape']}"),
+      ("step time median [IQR] (ms)",
+       f"{_ms(s['median_s'])} [{_ms(s['q25_s'])}, {_ms(s['q75_s'])}] (n={s['n']})"),
+      ("pipelined step (ms)", _ms(r["pipelined_step_s"])),
+      ("images/s, this process", f"{r['process_images_per_s']:.4g}"),
+      ("images/s, global", f"{r['global_images_per_s']:.4g}"),
+      ("lower / compile / first run (s)",
+       f"{r['lower_s']:.3f} / {r['compile_s']:.3f} / {r['first_run_s']:.3f}"),
+      ("peak device memory", "n/a" if peak is None else _bytes(peak["max_peak_bytes_in_use"])),
+      ("XLA temp / argument memory per device",
+       f"{_bytes(r['xla_analysis']['temp_bytes'])} / "
+       f"{_bytes(r['xla_analysis']['argument_bytes'])}"),
+  ]
+  return "\n".join(["| train step | |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+
+
+def format_drift_table(results: list[dict[str, Any]]) -> str:
+  lines = ["| features [G, N, D] | N | k | median ms [IQR] | compile s | XLA temp |",
+           "|---|---|---|---|---|---|"]
+  for r in results:
+    t = r["time"]
+    feats = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+    lines.append(f"| {feats} | {r['batch_size']} | {r['num_lookahead']} | "
+                 f"{_ms(t['median_s'])} [{_ms(t['q25_s'])}, {_ms(t['q75_s'])}] | "
+                 f"{r['compile_s']:.3f} | {_bytes(r['xla_analysis']['temp_bytes'])} |")
+  return "\n".join(lines)
+
+
+def _describe(report: dict[str, Any]) -> str:
+  overrides = " ".join(f"{k}={v}" for k, v in sorted(report["overrides"].items()))
+  env = report["environment"]
+  return (f"{report['config']} {overrides}".strip() +
+          f" ({env['device_count']} {env['backend']} dev, {env['process_count']} proc)")
+
+
+def summarize_reports(paths: Sequence[str]) -> str:
+  """Markdown tables over JSON reports; repeated runs of one setting become one row."""
+  reports = []
+  for path in paths:
+    with open(path, encoding="utf-8") as f:
+      reports.append(json.load(f))
+  train_rows: dict[str, list[dict[str, Any]]] = {}
+  drift_rows: dict[tuple[str, int, int, str], list[dict[str, Any]]] = {}
+  for report in reports:
+    if "train_step" in report:
+      train_rows.setdefault(_describe(report), []).append(report["train_step"])
+    for r in report.get("drift_loss", []):
+      feats = ", ".join(f"{k}: {'x'.join(map(str, v))}" for k, v in r["shapes"].items())
+      key = (feats, r["batch_size"], r["num_lookahead"], r["mode"])
+      drift_rows.setdefault(key, []).append(r)
+  join = lambda values: " / ".join(_ms(v) for v in values)
+  lines = []
+  if train_rows:
+    lines += ["| setting | batch | runs | step median per run (ms) | median of runs (ms) | "
+              "images/s (median of runs) | fastest step (ms) | compile per run (s) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name, runs in train_rows.items():
+      medians = [r["step_time"]["median_s"] for r in runs]
+      median = float(np.median(medians))
+      compiles = " / ".join(f"{r['compile_s']:.2f}" for r in runs)
+      lines.append(f"| {name} | {runs[0]['global_batch_size']} | {len(runs)} | {join(medians)} "
+                   f"| {_ms(median)} | {runs[0]['global_batch_size'] / median:.4g} | "
+                   f"{_ms(min(r['step_time']['min_s'] for r in runs))} | {compiles} |")
+  if drift_rows:
+    lines += [""] if lines else []
+    lines += ["| features [G, N, D] | N | k | mode | median per run (ms) | "
+              "median of runs (ms) | fastest call (ms) | XLA temp |",
+              "|---|---|---|---|---|---|---|---|"]
+    # Group name first (e.g. "d2" before "d64"), then N and k numerically.
+    order = lambda item: (item[0][0].split(":")[0], *item[0][1:])
+    for (feats, n, k, mode), runs in sorted(drift_rows.items(), key=order):
+      medians = [r["time"]["median_s"] for r in runs]
+      lines.append(f"| {feats} | {n} | {k} | {mode} | {join(medians)} | "
+                   f"{_ms(float(np.median(medians)))} | "
+                   f"{_ms(min(r['time']['min_s'] for r in runs))} | "
+                   f"{_bytes(runs[0]['xla_analysis']['temp_bytes'])} |")
+  return "\n".join(lines)
+
+
+def _overrides(argv: Sequence[str]) -> dict[str, str]:
+  """The --config.x=value overrides exactly as given on the command line."""
+  out, args = {}, list(argv)
+  for i, arg in enumerate(args):
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config."):].partition("=")
+      out[key] = value if sep else (args[i + 1] if i + 1 < len(args) else "")
+  return out
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  if FLAGS.summarize:
+    print(summarize_reports(FLAGS.summarize))
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required (unless --summarize is given).")
+  train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                     FLAGS.process_id)
+  config = FLAGS.config
+  lead = jax.process_index() == 0
+  report: dict[str, Any] = {
+      "config": config_flags.get_config_filename(FLAGS["config"]),
+      "overrides": _overrides(sys.argv[1:]),
+      "environment": environment(),
+      "flags": {"steps": FLAGS.steps, "warmup": FLAGS.warmup, "drift_mode": FLAGS.drift_mode,
+                "drift_steps": FLAGS.drift_steps, "drift_warmup": FLAGS.drift_warmup},
+  }
+
+  if FLAGS.train_step:
+    result = benchmark_train_step(config, FLAGS.steps, FLAGS.warmup)
+    report["train_step"] = result
+    print(f"[process {jax.process_index()}/{jax.process_count()}] median step "
+          f"{_ms(result['step_time']['median_s'])} ms, "
+          f"{result['process_images_per_s']:.4g} images/s on this process "
+          f"({result['process_batch_size']} of {result['global_batch_size']} per step)",
+          flush=True)
+    if lead:
+      print(format_train_table(result), flush=True)
+      if jax.process_count() > 1:
+        print(f"global throughput: {result['global_images_per_s']:.4g} images/s "
+              f"(global batch {result['global_batch_size']} / median step time of process 0; "
+              f"all processes' medians (s): {result['process_median_step_s']})", flush=True)
+
+  if FLAGS.drift:
+    results = run_drift_grid(
+        config, [int(n) for n in FLAGS.drift_batch_sizes], [int(k) for k in FLAGS.drift_ks],
+        [int(d) for d in FLAGS.drift_dims], FLAGS.drift_steps, FLAGS.drift_warmup,
+        FLAGS.drift_mode)
+    report["drift_loss"] = results
+    if lead:
+      print(f"drift loss ({FLAGS.drift_mode}, one device: {jax.local_devices()[0]})", flush=True)
+      print(format_drift_table(results), flush=True)
+
+  report["peak_memory_end"] = peak_memory()
+  if lead and FLAGS.json:
+    with open(FLAGS.json, "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+    print(f"wrote {FLAGS.json}", flush=True)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("benchmark_done")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=train.parse_flags)
