@@ -83,4 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.sample.every = 1000
   config.sample.num_png = 100
   config.sample.batch_size = 500
+
+  # `python -m lookahead_drift.evaluate`: FID/KID of one-step samples against these statistics
+  # (from `python -m lookahead_drift.fid --ref ...`) or this image set.
+  config.eval = ml_collections.ConfigDict()
+  config.eval.reference = config_dict.placeholder(str)
+  config.eval.num_samples = 50_000
   return config

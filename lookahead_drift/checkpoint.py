@@ -70,15 +70,20 @@ def _check_compatible(path: str, stored: PyTree, target: PyTree) -> None:
         "use the config it was written with, or a new --workdir.")
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: PyTree) -> PyTree | None:
-  """Restores the latest checkpoint into the structure/shardings of `target`, or None.
+def restore(manager: ocp.CheckpointManager, target: PyTree,
+            step: int | None = None) -> PyTree | None:
+  """Restores checkpoint `step` (default: the latest) into the structure of `target`, or None.
 
   `target` is the freshly initialised state (sharded arrays); its leaves give shapes, dtypes
   and shardings. Any failure names the checkpoint path and leaves the files as they are.
   """
-  step = manager.latest_step()
   if step is None:
-    return None
+    step = manager.latest_step()
+    if step is None:
+      return None
+  elif step not in manager.all_steps(read=True):
+    raise CheckpointError(f"No checkpoint for step {step} in {manager.directory}; there are "
+                          f"{sorted(manager.all_steps(read=True))}.")
   path = _step_dir(manager, step)
   try:
     stored = manager.item_metadata(step)["state"]

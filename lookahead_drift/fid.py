@@ -249,7 +249,7 @@ def compute_stats(images: np.ndarray | Iterable[np.ndarray], extractor: Any, *,
   return acc.result(extractor.weights_sha256, extractor.resize)
 
 
-def _load_input(path: str) -> tuple[str, Any]:
+def load_input(path: str) -> tuple[str, Any]:
   """('images', uint8 array) or ('stats', Stats) from an .npz given on the command line."""
   p = pathlib.Path(path)
   if not p.is_file():
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
 
   if len(args.inputs) != 2:
     raise ValueError(f"expected two inputs A B, got {len(args.inputs)}: {args.inputs}")
-  loaded = [_load_input(p) for p in args.inputs]
+  loaded = [load_input(p) for p in args.inputs]
   extractor = make_extractor() if any(kind == "images" for kind, _ in loaded) else None
   stats, feats = [], []
   for path, (kind, value) in zip(args.inputs, loaded):

