@@ -114,8 +114,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                             state.ema_params, params)
   metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()},
-             "loss": loss, "grad_norm": optax.global_norm(grads),
-             "param_norm": optax.global_norm(params), "learning_rate": schedule(state.step)}
+             "loss": loss, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
                             opt_state=opt_state)
   return new_state, metrics
