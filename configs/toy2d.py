@@ -14,7 +14,7 @@ from ml_collections import config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.num_steps = 1500
+  config.num_steps = 1000
   config.log_every = 100
   config.ema_decay = 0.99
   config.tensorboard = True
@@ -63,12 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh.shard_params = False
 
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every = 500
+  config.checkpoint.every = 250
   config.checkpoint.keep = 2
   config.checkpoint.async_save = True
 
   config.sample = ml_collections.ConfigDict()
-  config.sample.every = 500  # PNG of generated vs real samples
+  config.sample.every = 250  # PNG of generated vs real samples
   config.sample.num_png = 2000
   config.sample.batch_size = 4096
 
