@@ -90,3 +90,6 @@ def test_make_config_rejects_unknown_term_weights(quick):
   config = run.make_config(run.QUICK, 2, (0.5, "unit_rms", "geometric"))
   assert tuple(config.loss.term_weights) == (1.0, 0.5, 0.25)
   assert config.loss.step_size == 0.5 and config.loss.num_lookahead == 2
+  # The study pins its learning rate rather than following configs/toy2d.py.
+  faster = run.dataclasses.replace(run.QUICK, learning_rate=0.0123)
+  assert run.make_config(faster, 0, run.DEFAULT_VARIANT).optimizer.learning_rate == 0.0123

@@ -59,6 +59,7 @@ class Settings:
   eval_every: int = 50
   batch_size: int = 256
   hidden: tuple[int, ...] = (128, 128, 128)
+  learning_rate: float = 1e-3  # pinned here, not read from configs/toy2d.py
   warmup_steps: int = 100
   num_eval: int = 2048  # generated and held-out target samples per evaluation
   num_projections: int = 128  # sliced W2
@@ -90,6 +91,7 @@ def make_config(s: Settings, k: int, variant: Variant) -> Any:
   config.model.hidden = s.hidden
   # Constant after warmup: a curve cut at any step (or second) is then a finished run.
   config.optimizer.schedule = "constant"
+  config.optimizer.learning_rate = s.learning_rate
   config.optimizer.warmup_steps = s.warmup_steps
   step_size, scaling, weights = variant
   if weights not in ("uniform", "geometric"):
@@ -286,7 +288,8 @@ def write_markdown(path: str, s: Settings, table: dict[str, Any], floor: dict[st
            f"load average {info['load_start']} at start, {info['load_end']} at end; "
            f"total {info['seconds']:.0f} s.", "",
            f"Study: {len(s.datasets)} data sets × k ∈ {list(s.ks)} × {s.num_seeds} seeds, "
-           f"{s.num_steps} steps, batch {s.batch_size}, MLP {list(s.hidden)}; metrics on "
+           f"{s.num_steps} steps, batch {s.batch_size}, MLP {list(s.hidden)}, "
+           f"learning rate {s.learning_rate:g}; metrics on "
            f"{s.num_eval} fresh test samples (EMA generator), mean ± std over seeds. "
            "ED: energy distance; SW2: sliced Wasserstein-2. 'Equal time': the last evaluation "
            "each k reaches within the wall-clock time k = 0 needs for all its steps "
@@ -392,8 +395,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True, help="folder for the figures, table and JSON")
   parser.add_argument("--quick", action="store_true", help="a tiny version (a few steps)")
+  parser.add_argument("--learning_rate", type=float, default=None,
+                      help=f"the one learning rate of every method (default {Settings.learning_rate})")
   args = parser.parse_args(argv)
   s = QUICK if args.quick else Settings()
+  if args.learning_rate is not None:
+    s = dataclasses.replace(s, learning_rate=args.learning_rate)
   if s.num_steps % s.eval_every or s.sweep_steps % s.eval_every:
     raise ValueError("num_steps and sweep_steps must be multiples of eval_every")
   os.makedirs(args.out, exist_ok=True)
