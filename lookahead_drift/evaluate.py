@@ -31,27 +31,6 @@ from lookahead_drift import metrics_io
 from lookahead_drift import sample
 from lookahead_drift import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
-_REFERENCE = flags.DEFINE_string(
-    "reference", None, "Reference: statistics .npz (mu, sigma; from `python -m "
-    "lookahead_drift.fid --ref ...`) or uint8 images .npz (key 'images'; also gives KID). "
-    "Default: config.eval.reference.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", None,
-                                    "Samples per evaluation (default config.eval.num_samples "
-                                    "or 50000).")
-_STEP = flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: latest).")
-_WATCH = flags.DEFINE_bool("watch", False, "Keep evaluating new checkpoints until the last.")
-_POLL = flags.DEFINE_float("poll_seconds", 60.0, "With --watch: seconds between looks.")
-_WEIGHTS = flags.DEFINE_string("inception_weights", None,
-                               "Converted Inception weights (default "
-                               "$LOOKAHEAD_DRIFT_INCEPTION or the cache path).")
-_BATCH = flags.DEFINE_integer("batch_size", 200, "Inception batch size.")
-_USE_EMA = flags.DEFINE_bool("use_ema", True, "Sample with the EMA parameters.")
-_SEED = flags.DEFINE_integer("seed", 0, "Noise seed (the same for every checkpoint).")
-
-
 @dataclasses.dataclass(frozen=True)
 class Reference:
   """Reference statistics, plus features when the reference was an image set (for KID)."""
@@ -164,21 +143,43 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, reference_path:
     writer.close()
 
 
+def _define_flags() -> None:
+  """Flags of the binary; defined only when run as a program, so importing stays side-effect free."""
+  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
+  flags.DEFINE_string(
+      "reference", None, "Reference: statistics .npz (mu, sigma; from `python -m "
+      "lookahead_drift.fid --ref ...`) or uint8 images .npz (key 'images'; also gives KID). "
+      "Default: config.eval.reference.")
+  flags.DEFINE_integer("num_samples", None, "Samples per evaluation (default "
+                       "config.eval.num_samples or 50000).")
+  flags.DEFINE_integer("step", None, "Evaluate this checkpoint step (default: latest).")
+  flags.DEFINE_bool("watch", False, "Keep evaluating new checkpoints until the last.")
+  flags.DEFINE_float("poll_seconds", 60.0, "With --watch: seconds between looks.")
+  flags.DEFINE_string("inception_weights", None, "Converted Inception weights (default "
+                      "$LOOKAHEAD_DRIFT_INCEPTION or the cache path).")
+  flags.DEFINE_integer("batch_size", 200, "Inception batch size.")
+  flags.DEFINE_bool("use_ema", True, "Sample with the EMA parameters.")
+  flags.DEFINE_integer("seed", 0, "Noise seed (the same for every checkpoint).")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv: list[str]) -> None:
   del argv
-  config = _CONFIG.value
+  f = flags.FLAGS
+  config = f.config
   eval_config = config.get("eval", ml_collections.ConfigDict())
-  reference = _REFERENCE.value or eval_config.get("reference")
+  reference = f.reference or eval_config.get("reference")
   if not reference:
     raise app.UsageError("--reference (or config.eval.reference) is required: a statistics "
                          "or images .npz, e.g. from `python -m lookahead_drift.fid --ref ...`.")
-  num_samples = _NUM_SAMPLES.value or eval_config.get("num_samples", 50_000)
-  evaluate(config, _WORKDIR.value, reference_path=reference, num_samples=num_samples,
-           step=_STEP.value, watch=_WATCH.value, poll_seconds=_POLL.value,
-           inception_weights=_WEIGHTS.value, batch_size=_BATCH.value, use_ema=_USE_EMA.value,
-           seed=_SEED.value)
+  num_samples = f.num_samples or eval_config.get("num_samples", 50_000)
+  evaluate(config, f.workdir, reference_path=reference, num_samples=num_samples,
+           step=f.step, watch=f.watch, poll_seconds=f.poll_seconds,
+           inception_weights=f.inception_weights, batch_size=f.batch_size,
+           use_ema=f.use_ema, seed=f.seed)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["config", "workdir"])
+  _define_flags()
   app.run(main, flags_parser=train.parse_flags)

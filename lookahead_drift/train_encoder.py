@@ -107,16 +107,15 @@ def train_and_save(config: Any, workdir: str) -> dict[str, Any]:
   return record
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Encoder training config file.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; the encoder goes to "
-                               "WORKDIR/encoder.")
-
-
 def main(argv: Sequence[str]) -> None:
   del argv
-  train_and_save(_CONFIG.value, _WORKDIR.value)
+  train_and_save(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 if __name__ == "__main__":
+  # Flags are defined only when run as a program, so importing this module (from tests or
+  # from a binary that has its own --config) defines nothing.
+  config_flags.DEFINE_config_file("config", None, "Encoder training config file.")
+  flags.DEFINE_string("workdir", None, "Output folder; the encoder goes to WORKDIR/encoder.")
   flags.mark_flags_as_required(["config", "workdir"])
   app.run(main)
