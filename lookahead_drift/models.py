@@ -1,0 +1,221 @@
+"""One-step generators (Flax Linen): an MLP for 2-D toys and a small U-Net for images.
+
+Both map noise (plus optional class labels and guidance scale alpha) to a sample in one
+forward pass. `dtype` sets the compute precision; parameters are always float32 and outputs
+are returned as float32 so that the loss is computed in full precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _fourier(values: jax.Array, dim: int) -> jax.Array:
+  """Sinusoidal embedding [B, dim] of a scalar per example (e.g. the guidance scale)."""
+  freqs = jnp.exp(jnp.linspace(0.0, jnp.log(1000.0), dim // 2))
+  angles = values[:, None].astype(jnp.float32) * freqs
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class ConditionEmbedding(nn.Module):
+  """Embeds class labels and/or a per-example guidance scale into one vector [B, dim]."""
+
+  dim: int
+  num_classes: int = 0
+  alpha_conditioning: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: int, labels: jax.Array | None,
+               alpha: jax.Array | None) -> jax.Array | None:
+    parts = []
+    if self.num_classes:
+      if labels is None:
+        raise ValueError(f"num_classes={self.num_classes}: labels [B] are required.")
+      parts.append(nn.Embed(self.num_classes, self.dim, param_dtype=jnp.float32,
+                            dtype=self.dtype, name="label_embed")(labels))
+    if self.alpha_conditioning:
+      if alpha is None:
+        raise ValueError("alpha_conditioning=True: alpha [B] is required.")
+      alpha = jnp.broadcast_to(jnp.asarray(alpha, jnp.float32), (batch,))
+      parts.append(nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32,
+                            name="alpha_embed")(_fourier(alpha, self.dim)))
+    if not parts:
+      return None
+    cond = sum(parts[1:], parts[0])
+    return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32)(nn.silu(cond))
+
+
+class MLPGenerator(nn.Module):
+  """Noise [B, noise_dim] -> samples [B, out_dim]; the condition is added to each hidden layer."""
+
+  hidden: Sequence[int] = (256, 256, 256)
+  out_dim: int = 2
+  num_classes: int = 0
+  alpha_conditioning: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, noise: jax.Array, labels: jax.Array | None = None,
+               alpha: jax.Array | None = None) -> jax.Array:
+    dense = lambda n, **kw: nn.Dense(n, dtype=self.dtype, param_dtype=jnp.float32, **kw)
+    cond = ConditionEmbedding(self.hidden[0], self.num_classes, self.alpha_conditioning,
+                              self.dtype)(noise.shape[0], labels, alpha)
+    h = noise.astype(self.dtype)
+    for i, width in enumerate(self.hidden):
+      h = dense(width)(h)
+      if cond is not None:
+        h = h + dense(width, name=f"cond_{i}")(cond)
+      h = nn.silu(h)
+    return dense(self.out_dim)(h).astype(jnp.float32)
+
+
+def _group_norm(x: jax.Array, dtype: Any, name: str | None = None) -> jax.Array:
+  """GroupNorm with up to 8 groups (as many as divide the channel count)."""
+  return nn.GroupNorm(num_groups=math.gcd(x.shape[-1], 8), dtype=dtype,
+                      param_dtype=jnp.float32, name=name)(x)
+
+
+class ResBlock(nn.Module):
+  """GroupNorm-SiLU-Conv twice with a skip; the condition shifts the first activation."""
+
+  channels: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array | None) -> jax.Array:
+    conv = lambda n, name: nn.Conv(n, (3, 3), dtype=self.dtype, param_dtype=jnp.float32,
+                                   name=name)
+    h = conv(self.channels, "conv1")(nn.silu(_group_norm(x, self.dtype, "norm1")))
+    if cond is not None:
+      h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32,
+                       name="cond")(cond)[:, None, None, :]
+    h = conv(self.channels, "conv2")(nn.silu(_group_norm(h, self.dtype, "norm2")))
+    if x.shape[-1] != self.channels:
+      x = nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="skip")(x)
+    return x + h
+
+
+class SelfAttention(nn.Module):
+  """Pre-norm multi-head self-attention over all positions of a feature map."""
+
+  num_heads: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, c = x.shape
+    y = _group_norm(x, self.dtype).reshape(b, h * w, c)
+    y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        param_dtype=jnp.float32)(y, y)
+    return x + y.reshape(b, h, w, c)
+
+
+class UNetGenerator(nn.Module):
+  """Noise image [B, H, W, C_in] -> image [B, H, W, out_channels], one forward pass.
+
+  H and W must be divisible by 2**(len(channel_mults) - 1). The output goes through tanh
+  (range [-1, 1]) unless output_activation == "none".
+  """
+
+  out_channels: int = 3
+  base_channels: int = 32
+  channel_mults: Sequence[int] = (1, 2, 2)
+  num_res_blocks: int = 1
+  attention: bool = True  # Self-attention at the lowest resolution.
+  num_classes: int = 0
+  alpha_conditioning: bool = False
+  output_activation: str = "tanh"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, noise: jax.Array, labels: jax.Array | None = None,
+               alpha: jax.Array | None = None) -> jax.Array:
+    factor = 2 ** (len(self.channel_mults) - 1)
+    if noise.ndim != 4 or noise.shape[1] % factor or noise.shape[2] % factor:
+      raise ValueError(f"UNetGenerator: noise shape {noise.shape} must be [B, H, W, C] with "
+                       f"H, W divisible by {factor} (channel_mults={self.channel_mults}).")
+    if self.output_activation not in ("tanh", "none"):
+      raise ValueError(f"output_activation={self.output_activation!r}; expected 'tanh' or "
+                       "'none'.")
+    conv = lambda n, **kw: nn.Conv(n, (3, 3), dtype=self.dtype, param_dtype=jnp.float32, **kw)
+    block = lambda n: ResBlock(n, dtype=self.dtype)
+    cond = ConditionEmbedding(4 * self.base_channels, self.num_classes,
+                              self.alpha_conditioning, self.dtype)(noise.shape[0], labels,
+                                                                   alpha)
+
+    h = conv(self.base_channels)(noise.astype(self.dtype))
+    skips = [h]
+    for level, mult in enumerate(self.channel_mults):
+      for _ in range(self.num_res_blocks):
+        h = block(self.base_channels * mult)(h, cond)
+        skips.append(h)
+      if level < len(self.channel_mults) - 1:
+        h = conv(h.shape[-1], strides=(2, 2))(h)
+        skips.append(h)
+
+    h = block(h.shape[-1])(h, cond)
+    if self.attention:
+      h = SelfAttention(dtype=self.dtype)(h)
+    h = block(h.shape[-1])(h, cond)
+
+    for level, mult in reversed(list(enumerate(self.channel_mults))):
+      for _ in range(self.num_res_blocks + 1):
+        h = block(self.base_channels * mult)(jnp.concatenate([h, skips.pop()], -1), cond)
+      if level > 0:
+        b, height, width, c = h.shape
+        h = jax.image.resize(h, (b, 2 * height, 2 * width, c), "nearest")
+        h = conv(c)(h)
+
+    h = nn.silu(_group_norm(h, self.dtype))
+    out = conv(self.out_channels)(h).astype(jnp.float32)
+    return jnp.tanh(out) if self.output_activation == "tanh" else out
+
+
+def _field(config: Any, key: str, default: Any) -> Any:
+  value = getattr(config, key, default) if not isinstance(config, dict) else config.get(
+      key, default)
+  return default if value is None else value
+
+
+def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
+  """Builds the generator named by model_config.name; returns (module, noise shape sans batch).
+
+  mlp fields: noise_dim (2), hidden, out_dim (2). unet fields: image_shape (H, W, C, required),
+  noise_channels (C), base_channels, channel_mults, num_res_blocks, attention,
+  output_activation. Both: num_classes (0), alpha_conditioning (False), dtype ("float32").
+  """
+  name = _field(model_config, "name", None)
+  dtype_name = _field(model_config, "dtype", "float32")
+  if dtype_name not in _DTYPES:
+    raise ValueError(f"model_config.dtype={dtype_name!r}; expected one of {list(_DTYPES)}.")
+  common = dict(num_classes=int(_field(model_config, "num_classes", 0)),
+                alpha_conditioning=bool(_field(model_config, "alpha_conditioning", False)),
+                dtype=_DTYPES[dtype_name])
+  if name == "mlp":
+    module = MLPGenerator(hidden=tuple(_field(model_config, "hidden", (256, 256, 256))),
+                          out_dim=int(_field(model_config, "out_dim", 2)), **common)
+    return module, (int(_field(model_config, "noise_dim", 2)),)
+  if name == "unet":
+    image_shape = _field(model_config, "image_shape", None)
+    if image_shape is None or len(image_shape) != 3:
+      raise ValueError(f"model_config.image_shape={image_shape!r}; expected (H, W, C).")
+    height, width, channels = (int(s) for s in image_shape)
+    module = UNetGenerator(
+        out_channels=channels,
+        base_channels=int(_field(model_config, "base_channels", 32)),
+        channel_mults=tuple(_field(model_config, "channel_mults", (1, 2, 2))),
+        num_res_blocks=int(_field(model_config, "num_res_blocks", 1)),
+        attention=bool(_field(model_config, "attention", True)),
+        output_activation=str(_field(model_config, "output_activation", "tanh")),
+        **common)
+    return module, (height, width, int(_field(model_config, "noise_channels", channels)))
+  raise ValueError(f"model_config.name={name!r}; expected 'mlp' or 'unet'.")

@@ -1,0 +1,76 @@
+"""Device mesh, shardings and host-to-global batch assembly.
+
+The mesh has axes ("data", "model"). Batches are split over "data"; parameters are
+replicated, or (with `shard_params`) split along their last axis over "model".
+"""
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+PyTree = Any
+
+
+def create_mesh(num_model: int = 1, devices: list[jax.Device] | None = None) -> Mesh:
+  """A ("data", "model") mesh over `devices` (default: all) with `num_model` model shards."""
+  devices = list(jax.devices() if devices is None else devices)
+  if num_model < 1 or len(devices) % num_model:
+    raise ValueError(
+        f"mesh.num_model={num_model} must be >= 1 and divide the device count {len(devices)}.")
+  # Auto axes: shardings are given at jit boundaries and XLA propagates them inside.
+  return jax.make_mesh((len(devices) // num_model, num_model), ("data", "model"),
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over "data", replicated over "model"."""
+  return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def leaf_sharding(x: Any, mesh: Mesh, shard_params: bool) -> NamedSharding:
+  """Shards a leaf's last axis over "model" when asked and divisible, else replicates.
+
+  The rule depends only on the leaf's shape, so params, EMA params and the optimizer's
+  moment estimates (same shapes) get the same layout.
+  """
+  num_model = mesh.shape["model"]
+  shape = np.shape(x)
+  if shard_params and num_model > 1 and len(shape) >= 2 and shape[-1] % num_model == 0:
+    return NamedSharding(mesh, P(*([None] * (len(shape) - 1)), "model"))
+  return replicated(mesh)
+
+
+def tree_shardings(tree: PyTree, mesh: Mesh, shard_params: bool = False) -> PyTree:
+  """A sharding for every leaf of `tree` (arrays or ShapeDtypeStructs)."""
+  return jax.tree.map(lambda x: leaf_sharding(x, mesh, shard_params), tree)
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's share into one batch-sharded global array per key."""
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}
+
+
+def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+  """Each process and each "data" shard must get an equal share of the batch."""
+  num_data = mesh.shape["data"]
+  if global_batch_size % num_data or global_batch_size % jax.process_count():
+    raise ValueError(
+        f"data.batch_size={global_batch_size} must be divisible by the number of data "
+        f"shards ({num_data}) and of processes ({jax.process_count()}).")
+
+
+def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
+  """Host values (identical on every process) -> arrays replicated on all mesh devices."""
+  sharding = replicated(mesh)
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
