@@ -152,4 +152,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("use_ema", True, "Use the EMA parameters (else the raw ones).")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from lookahead_drift import train as train_lib  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=train_lib.parse_flags)

@@ -126,7 +126,7 @@ class Experiment:
   """What `train_and_evaluate`, tests and `sample.py` need, built once from a config."""
   config: ConfigDict
   mesh: jax.sharding.Mesh
-  state: TrainState  # freshly initialised, sharded
+  state: TrainState  # freshly initialised, sharded (donated by the first step that uses it)
   state_shardings: TrainState
   encoder_params: PyTree  # replicated on the mesh
   step_fn: Callable  # jitted (state, global batch, encoder_params) -> (state, metrics)
@@ -174,6 +174,7 @@ def create_dataset(config: ConfigDict, start_step: int) -> Iterator[dict[str, np
 
 
 def _train_inputs(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The arrays the (unconditional) train step reads; labels are not used yet."""
   return {"image": local_batch["image"]}
 
 
@@ -198,7 +199,11 @@ def _real_reference(config: ConfigDict, num: int) -> np.ndarray:
 
 
 class _StopRequest:
-  """Turns SIGTERM into a flag checked by the loop (which then saves and exits)."""
+  """Turns SIGTERM into a flag checked by the loop (which then saves and exits).
+
+  Multi-process runs agree on the flag at logging steps (one small all-gather), so all
+  processes stop, and save, at the same step.
+  """
 
   def __init__(self):
     self.requested = False
@@ -309,8 +314,6 @@ def train_and_evaluate(config: ConfigDict, workdir: str) -> TrainState:
     manager.close()
   writer.close()
   if jax.process_index() == 0:
-    logging.info("Stopped at step %d. Checkpoints: %s | metrics: %s | samples: %s",
-                 step, ckpt_dir, writer.path, png)
     print(f"Finished at step {step}.\n  checkpoints: {ckpt_dir}\n  metrics:     {writer.path}"
           f"\n  samples:     {png}", flush=True)
   return state
@@ -348,6 +351,16 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing that reports a bad --config.* override in one line, not a traceback."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    message = e.args[0] if isinstance(e, KeyError) and e.args else e
+    raise SystemExit(f"FATAL flags parsing error: {message}\nPass --helpfull to see flags.")
+
+
 def main(argv: list[str]) -> None:
   del argv
   logging.get_absl_logger().addFilter(_QuietLibraries())
@@ -366,4 +379,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process).")
   flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,7 +1,6 @@
 """Corrupt or incompatible checkpoints fail loudly and stay untouched; SIGTERM saves and exits."""
 
 import hashlib
-import os
 import pathlib
 import shutil
 import signal

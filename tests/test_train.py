@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 from PIL import Image
 
 from lookahead_drift import encoder
@@ -115,7 +114,7 @@ def test_misspelled_override_fails_before_any_work(tmp_path):
        f"--workdir={workdir}", "--config.optimzer.learning_rate=0.1"],
       cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "optimzer" in proc.stderr
+  assert 'Did you mean "optimizer"' in proc.stderr and "Traceback" not in proc.stderr
   assert not workdir.exists()
 
 
@@ -134,3 +133,18 @@ def test_cli_smoke_run_writes_checkpoint_metrics_and_png(tmp_path):
   assert Image.open(png).size == (800, 400)
   assert str(png) in proc.stdout and str(workdir / "metrics.jsonl") in proc.stdout
   assert json.loads((workdir / "config.json").read_text())["num_steps"] == 6
+
+
+def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
+  writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+    has_tf = True
+  except ImportError:
+    has_tf = False
+  assert writer.has_tensorboard == has_tf
+  writer.write_scalars(3, {"loss": jnp.float32(1.5), "n": 2})
+  writer.write_images(3, {"samples": np.zeros((1, 4, 4, 1), np.uint8)})
+  writer.close()
+  assert metrics_io.read_jsonl(str(tmp_path / "metrics.jsonl")) == [
+      {"step": 3, "loss": 1.5, "n": 2}]

@@ -1,0 +1,142 @@
+"""Feature encoders: group shapes and values, checkpoint round trip, errors, encoder training."""
+
+import gzip
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from lookahead_drift import encoder, train_encoder
+
+
+def test_identity_features():
+  feature_fn, params = encoder.create_feature_fn(ml_collections.ConfigDict({"kind": "identity"}))
+  x = jnp.arange(24.0).reshape(3, 2, 2, 2)
+  feats = feature_fn(params, x)
+  assert list(feats) == ["x"] and feats["x"].shape == (1, 3, 8)
+  np.testing.assert_array_equal(feats["x"][0], x.reshape(3, 8))
+  points = jnp.ones((5, 2))
+  assert feature_fn(params, points)["x"].shape == (1, 5, 2)
+
+
+def test_feature_group_shapes_and_values():
+  rng = np.random.default_rng(0)
+  maps = [jnp.asarray(rng.standard_normal((3, 8, 8, 4)), jnp.float32),
+          jnp.asarray(rng.standard_normal((3, 7, 7, 6)), jnp.float32)]
+  x = jnp.asarray(rng.uniform(-1, 1, (3, 8, 8, 2)), jnp.float32)
+  groups = encoder.feature_groups(maps, x, include_raw=True)
+  expected = {"s0_loc": (64, 3, 4), "s0_mean": (1, 3, 4), "s0_std": (1, 3, 4),
+              "s0_p2_mean": (16, 3, 4), "s0_p2_std": (16, 3, 4), "s0_p4_mean": (4, 3, 4),
+              "s0_p4_std": (4, 3, 4), "s1_loc": (49, 3, 6), "s1_mean": (1, 3, 6),
+              "s1_std": (1, 3, 6), "s1_p2_mean": (9, 3, 6), "s1_p2_std": (9, 3, 6),
+              "s1_p4_mean": (1, 3, 6), "s1_p4_std": (1, 3, 6), "input_rms": (1, 3, 2),
+              "x": (1, 3, 128)}
+  assert {k: v.shape for k, v in groups.items()} == expected
+  m = np.asarray(maps[1])
+  # Location group g = row * width + col holds that location's vector for every sample.
+  np.testing.assert_array_equal(groups["s1_loc"][7 * 2 + 5], m[:, 2, 5])
+  # Patch (1, 2) of the 2x2 grid on the 7x7 map (the last row/column are dropped).
+  window = m[:, 2:4, 4:6].reshape(3, 4, 6)
+  np.testing.assert_allclose(groups["s1_p2_mean"][1 * 3 + 2], window.mean(1), rtol=1e-5)
+  np.testing.assert_allclose(groups["s1_p2_std"][1 * 3 + 2], window.std(1), rtol=1e-3)
+  np.testing.assert_allclose(groups["s0_std"][0], np.asarray(maps[0]).std(axis=(1, 2)),
+                             rtol=1e-4)
+  np.testing.assert_allclose(groups["input_rms"][0],
+                             np.sqrt(np.square(np.asarray(x)).mean(axis=(1, 2))), rtol=1e-4)
+  small = encoder.feature_groups(maps, x, patch_sizes=(), include_locations=False,
+                                 include_input_rms=False)
+  assert sorted(small) == ["s0_mean", "s0_std", "s1_mean", "s1_std"]
+
+
+def _save_tiny(directory, widths=(4, 8)):
+  module = encoder.ConvEncoder(widths=widths, blocks_per_stage=1)
+  params = jax.jit(module.init)(jax.random.key(0, impl="rbg"), jnp.zeros((1, 8, 8, 1)))
+  encoder.save_encoder(directory, params, dict(widths=list(widths), blocks_per_stage=1,
+                                               image_shape=[8, 8, 1], note="test"))
+  return module, params
+
+
+def test_conv_encoder_checkpoint_round_trip(tmp_path):
+  module, params = _save_tiny(tmp_path / "enc")
+  config = ml_collections.ConfigDict(dict(kind="conv", checkpoint=str(tmp_path / "enc"),
+                                          include_raw=True))
+  feature_fn, loaded = encoder.create_feature_fn(config)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(a, b)
+  x = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1), minval=-1, maxval=1)
+  feats = jax.jit(feature_fn)(loaded, x)
+  maps = module.apply(params, x)
+  assert [m.shape for m in maps] == [(5, 8, 8, 4), (5, 4, 4, 8)]
+  direct = encoder.feature_groups(maps, x, include_raw=True)
+  assert sorted(feats) == sorted(direct)
+  for name in direct:
+    np.testing.assert_allclose(feats[name], direct[name], rtol=1e-5, atol=1e-6)
+  assert feats["s1_p4_mean"].shape == (1, 5, 8) and feats["x"].shape == (1, 5, 64)
+  # The loss differentiates generated features w.r.t. the images.
+  grad = jax.grad(lambda x: sum(v.sum() for v in feature_fn(loaded, x).values()))(x)
+  assert grad.shape == x.shape and np.all(np.isfinite(grad)) and float(jnp.abs(grad).sum()) > 0
+  with pytest.raises(ValueError, match=r"expects images \(8, 8, 1\)"):
+    feature_fn(loaded, jnp.zeros((2, 4, 4, 1)))
+
+
+def test_checkpoint_errors_name_the_path(tmp_path):
+  missing = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="nowhere"):
+    encoder.create_feature_fn(ml_collections.ConfigDict(dict(kind="conv", checkpoint=missing)))
+  with pytest.raises(ValueError, match="checkpoint"):
+    encoder.create_feature_fn(ml_collections.ConfigDict(dict(kind="conv")))
+  with pytest.raises(ValueError, match="kind='dino'"):
+    encoder.create_feature_fn(ml_collections.ConfigDict(dict(kind="dino")))
+  _save_tiny(tmp_path / "enc")
+  config_path = tmp_path / "enc" / "config.json"
+  record = json.loads(config_path.read_text())
+  record["widths"] = [4, 16]  # The stored params are for widths (4, 8).
+  config_path.write_text(json.dumps(record))
+  with pytest.raises(ValueError, match="does not match the ConvEncoder"):
+    encoder.load_encoder(str(tmp_path / "enc"))
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def _stripes(n, rng):
+  """Label 0: horizontal stripes, label 1: vertical stripes, with noise; 28x28 uint8."""
+  labels = rng.integers(0, 2, n)
+  phase = rng.integers(0, 2, n)[:, None, None]
+  rows, cols = np.mgrid[:28, :28]
+  stripes = np.where(labels[:, None, None] == 0, (rows + phase) % 2, (cols + phase) % 2)
+  images = 60 + 120 * stripes + rng.integers(0, 60, (n, 28, 28))
+  return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def test_train_encoder_end_to_end(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  data_dir = tmp_path / "data"
+  data_dir.mkdir()
+  for prefix, n in (("train", 64), ("t10k", 40)):
+    images, labels = _stripes(n, rng)
+    _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", images)
+    _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  config = ml_collections.ConfigDict(dict(
+      seed=0, data=dict(name="fashion_mnist", data_dir=str(data_dir), split="train",
+                        batch_size=16, random_flip=True, source="files"),
+      eval_split="test", eval_batch_size=16, num_classes=2,
+      encoder=dict(widths=(4, 8), blocks_per_stage=1), num_steps=150, learning_rate=1e-2,
+      warmup_steps=2, weight_decay=1e-4, log_every=50))
+  record = train_encoder.train_and_save(config, str(tmp_path / "work"))
+  printed = capsys.readouterr().out
+  assert "steps/s" in printed and "test accuracy" in printed and "Saved encoder to" in printed
+  assert record["eval_accuracy"] >= 0.9  # Stripe orientation is easy to learn.
+  saved = json.loads((tmp_path / "work" / "encoder" / "config.json").read_text())
+  assert saved["eval_accuracy"] == record["eval_accuracy"] and saved["image_shape"] == [28, 28, 1]
+  feature_fn, params = encoder.create_feature_fn(ml_collections.ConfigDict(
+      dict(kind="conv", checkpoint=os.path.join(tmp_path, "work", "encoder"))))
+  feats = feature_fn(params, jnp.zeros((3, 28, 28, 1)))
+  assert feats["s0_loc"].shape == (784, 3, 4) and feats["s1_loc"].shape == (196, 3, 8)
