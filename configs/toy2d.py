@@ -14,8 +14,8 @@ from ml_collections import config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.num_steps = 1000
-  config.log_every = 100
+  config.num_steps = 2000
+  config.log_every = 200
   config.ema_decay = 0.99
   config.tensorboard = True
 
@@ -50,7 +50,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.drift_normalization = True
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 1e-3
+  config.optimizer.learning_rate = 3e-3
   config.optimizer.schedule = "cosine"  # or "constant" (after warmup)
   config.optimizer.warmup_steps = 100
   config.optimizer.weight_decay = 0.0
@@ -63,12 +63,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh.shard_params = False
 
   config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every = 250
+  config.checkpoint.every = 500
   config.checkpoint.keep = 2
   config.checkpoint.async_save = True
 
   config.sample = ml_collections.ConfigDict()
-  config.sample.every = 250  # PNG of generated vs real samples
+  config.sample.every = 500  # PNG of generated vs real samples
   config.sample.num_png = 2000
   config.sample.batch_size = 4096
 

@@ -298,7 +298,8 @@ def create_dataset(data_config: Any, *, seed: int, process_index: int = 0,
                    process_count: int = 1, start_step: int = 0) -> Iterator[dict]:
   """Endless per-process batches {"image": float32 [B_local, ...], "label": int32 [B_local]}.
 
-  Toy data yields "image" as points [B_local, 2]. Images are NHWC in [-1, 1]. Optional
+  Toy data yields "image" as points [B_local, 2] and "label" as the mode (eight_gaussians),
+  the filled square (checkerboard) or 0 (swiss_roll). Images are NHWC in [-1, 1]. Optional
   `data_config.random_flip` flips images left-right, decided per example from (seed, step).
   """
   name = _get(data_config, "name")

@@ -137,11 +137,7 @@ def test_cli_smoke_run_writes_checkpoint_metrics_and_png(tmp_path):
 
 def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
   writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    has_tf = True
-  except ImportError:
-    has_tf = False
+  has_tf = importlib.util.find_spec("tensorflow") is not None
   assert writer.has_tensorboard == has_tf
   writer.write_scalars(3, {"loss": jnp.float32(1.5), "n": 2})
   writer.write_images(3, {"samples": np.zeros((1, 4, 4, 1), np.uint8)})
