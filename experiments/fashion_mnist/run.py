@@ -5,7 +5,8 @@
 
 Stages, each cached in WORKDIR so that a rerun picks up where it stopped:
   1. the ConvEncoder feature space (`train_encoder`, a label classifier), unless present;
-  2. Inception features and statistics of a fixed random subset of --n_ref training images;
+  2. Inception features and statistics of a fixed random subset of --n_ref training images,
+     and, as the floor of both metrics at this sample size, FID/KID of --n_gen real test images;
   3. for each method, training with `train.train_and_evaluate` in stages up to each of
      --eval_steps (it resumes from its own checkpoints), and at each stage FID and KID of
      --n_gen EMA samples against the reference subset;
@@ -48,7 +49,7 @@ METHODS: dict[str, dict[str, Any]] = {
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/fmnist_study", "Encoder, runs, features.")
 _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/fashion_mnist/results"),
                                "Where results.json, table.md and the PNG grids go.")
-_STAGE = flags.DEFINE_enum("stage", "all", ["all", "ref", "encoder", "table"],
+_STAGE = flags.DEFINE_enum("stage", "all", ["all", "ref", "encoder", "real", "table"],
                            "Run everything, or only one stage.")
 _METHODS = flags.DEFINE_list("methods", ["k0", "k1", "k2"], f"Subset of {list(METHODS)}.")
 _N_REF = flags.DEFINE_integer("n_ref", 500, "Training images in the FID reference subset.")
@@ -193,6 +194,28 @@ def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: i
   return result
 
 
+def real_baseline(ref_feats: np.ndarray) -> dict[str, Any]:
+  """FID/KID of n_gen real test images (first ones) against the reference: the floor at this N."""
+  out = os.path.join(_WORKDIR.value, "real", f"eval_0_{_N_GEN.value}.json")
+  if os.path.isfile(out):
+    with open(out, encoding="utf-8") as f:
+      return json.load(f)
+  images = _ref_data.fashion_mnist("/usr/share/datasets/fashion-mnist", "test")[:_N_GEN.value]
+  feats = extractor()(images)
+  ext = extractor()
+  stats = [fid.stats_from_features(f, ext.weights_sha256, ext.resize) for f in (feats, ref_feats)]
+  kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
+                              max_subset_size=min(len(feats), len(ref_feats)))
+  result = dict(method="real test images", step=0, n_gen=len(feats), n_ref=len(ref_feats),
+                fid=fid.fid_from_stats(*stats), kid=kid_mean, kid_std=kid_std,
+                command="experiments/fashion_mnist/run.py --stage=real")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+  logging.info("real test images: FID %.2f KID %.4f", result["fid"], kid_mean)
+  return result
+
+
 def run_methods() -> None:
   """Trains every method stage by stage (all methods reach a step before the next one)."""
   # Imported here: it needs `lookahead_drift.encoder`, which the earlier stages do not.
@@ -248,6 +271,8 @@ def main(argv: list[str]) -> None:
     reference_features()
   if _STAGE.value == "all":
     run_methods()
+  if _STAGE.value in ("all", "real"):
+    real_baseline(reference_features())
     write_table()
 
 
