@@ -248,7 +248,8 @@ def write_table() -> None:
   lines = ["| method | step | FID | KID ×1e3 (± std) | N_gen | N_ref |",
            "|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['method']} | {r['step']} | {r['fid']:.1f} | "
+    step = r["step"] if r["method"] in METHODS else "-"
+    lines.append(f"| {r['method']} | {step} | {r['fid']:.1f} | "
                  f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | {r['n_gen']} | "
                  f"{r['n_ref']} |")
   pathlib.Path(_RESULTS.value, "table.md").write_text("\n".join(lines) + "\n")
