@@ -17,6 +17,7 @@ Stages, each cached in WORKDIR so that a rerun picks up where it stopped:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -136,13 +137,10 @@ def train_command(method: str, steps: int) -> str:
           + " ".join(overrides))
 
 
-_EXTRACTOR: list[inception.FeatureExtractor] = []
-
-
+@functools.cache
 def extractor() -> inception.FeatureExtractor:
-  if not _EXTRACTOR:
-    _EXTRACTOR.append(inception.FeatureExtractor(batch_size=_INCEPTION_BATCH.value))
-  return _EXTRACTOR[0]
+  """One FID Inception per process (loading and compiling it takes minutes on a CPU)."""
+  return inception.FeatureExtractor(batch_size=_INCEPTION_BATCH.value)
 
 
 def reference_features() -> np.ndarray:
