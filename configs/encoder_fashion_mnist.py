@@ -1,5 +1,7 @@
 """Trains the ConvEncoder used as the drifting-loss feature space on Fashion-MNIST (CPU-sized).
 
+Objective "classifier" (labels); configs/encoder_fashion_mnist_mae.py is the MAE variant.
+
 python -m lookahead_drift.train_encoder --config=configs/encoder_fashion_mnist.py --workdir=DIR
 """
 
@@ -9,6 +11,7 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
+  config.objective = "classifier"  # or "mae" (then config.mae: patch_size, mask_ratio)
   config.data = ml_collections.ConfigDict(dict(
       name="fashion_mnist", data_dir="/usr/share/datasets/fashion-mnist", split="train",
       batch_size=128, random_flip=True, source="files"))

@@ -1,4 +1,5 @@
-"""Feature encoders: group shapes and values, checkpoint round trip, errors, encoder training."""
+"""Feature encoders: group shapes and values, checkpoint round trip, errors, encoder training
+(classifier and masked-autoencoder objectives)."""
 
 import gzip
 import json
@@ -116,27 +117,120 @@ def _stripes(n, rng):
   return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def test_train_encoder_end_to_end(tmp_path, capsys):
-  rng = np.random.default_rng(0)
-  data_dir = tmp_path / "data"
+def _write_stripes_data(data_dir, rng):
   data_dir.mkdir()
   for prefix, n in (("train", 64), ("t10k", 40)):
     images, labels = _stripes(n, rng)
     _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", images)
     _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", labels)
-  config = ml_collections.ConfigDict(dict(
+
+
+def _tiny_train_config(data_dir, **overrides):
+  config = dict(
       seed=0, data=dict(name="fashion_mnist", data_dir=str(data_dir), split="train",
                         batch_size=16, random_flip=True, source="files"),
       eval_split="test", eval_batch_size=16, num_classes=2,
       encoder=dict(widths=(4, 8), blocks_per_stage=1), num_steps=150, learning_rate=1e-2,
-      warmup_steps=2, weight_decay=1e-4, log_every=50))
+      warmup_steps=2, weight_decay=1e-4, log_every=50)
+  config.update(overrides)
+  return ml_collections.ConfigDict(config)
+
+
+def test_train_encoder_end_to_end(tmp_path, capsys):
+  data_dir = tmp_path / "data"
+  _write_stripes_data(data_dir, np.random.default_rng(0))
+  config = _tiny_train_config(data_dir)  # No `objective` field: the classifier.
   record = train_encoder.train_and_save(config, str(tmp_path / "work"))
   printed = capsys.readouterr().out
   assert "steps/s" in printed and "test accuracy" in printed and "Saved encoder to" in printed
   assert record["eval_accuracy"] >= 0.9  # Stripe orientation is easy to learn.
   saved = json.loads((tmp_path / "work" / "encoder" / "config.json").read_text())
   assert saved["eval_accuracy"] == record["eval_accuracy"] and saved["image_shape"] == [28, 28, 1]
+  assert saved["objective"] == "classifier" and "eval_mae_mse" not in saved
   feature_fn, params = encoder.create_feature_fn(ml_collections.ConfigDict(
       dict(kind="conv", checkpoint=os.path.join(tmp_path, "work", "encoder"))))
   feats = feature_fn(params, jnp.zeros((3, 28, 28, 1)))
   assert feats["s0_loc"].shape == (784, 3, 4) and feats["s1_loc"].shape == (196, 3, 8)
+
+
+def test_random_patch_mask_counts_and_alignment():
+  mask = np.asarray(train_encoder.random_patch_mask(jax.random.key(3), 5, 12, 8, 4, 0.5))
+  assert mask.shape == (5, 12, 8, 1) and mask.dtype == bool
+  tiles = mask[..., 0].reshape(5, 3, 4, 2, 4)  # [B, gh, patch, gw, patch]
+  # Patch-aligned: every 4x4 tile is all masked or all visible.
+  assert np.all(tiles.all(axis=(2, 4)) == tiles.any(axis=(2, 4)))
+  counts = tiles.all(axis=(2, 4)).sum(axis=(1, 2))
+  np.testing.assert_array_equal(counts, [round(0.5 * 6)] * 5)
+  # 28x28 with 4x4 patches: 49 patches, round(0.6 * 49) = 29 masked per image.
+  big = np.asarray(train_encoder.random_patch_mask(jax.random.key(0), 3, 28, 28, 4, 0.6))
+  np.testing.assert_array_equal(big.sum(axis=(1, 2, 3)), [29 * 16] * 3)
+  assert not np.array_equal(big[0], big[1])  # Each image draws its own patches.
+  with pytest.raises(ValueError, match="patch_size=5 must divide the image size 28x28"):
+    train_encoder.random_patch_mask(jax.random.key(0), 1, 28, 28, 5, 0.6)
+
+
+def test_masked_mse_only_counts_masked_pixels():
+  target = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
+  mask = train_encoder.random_patch_mask(jax.random.key(1), 2, 8, 8, 2, 0.5)
+  unmasked = jnp.where(mask, target, 7.0)  # Wrong only where unmasked.
+  assert float(train_encoder.masked_mse(unmasked, target, mask)) == 0.0
+  prediction = target + 0.5
+  loss = float(train_encoder.masked_mse(prediction, target, mask))
+  np.testing.assert_allclose(loss, 0.25, rtol=1e-5)
+  row, col = np.argwhere(~np.asarray(mask[0, :, :, 0]))[0]
+  changed = prediction.at[0, row, col, 1].set(100.0)
+  assert float(train_encoder.masked_mse(changed, target, mask)) == loss
+
+
+def test_train_encoder_mae_end_to_end(tmp_path, capsys):
+  data_dir = tmp_path / "data"
+  _write_stripes_data(data_dir, np.random.default_rng(0))
+  config = _tiny_train_config(data_dir, objective="mae", num_steps=30, log_every=10,
+                              learning_rate=5e-3,
+                              mae=dict(patch_size=4, mask_ratio=0.6))
+  record = train_encoder.train_and_save(config, str(tmp_path / "work"))
+  printed = capsys.readouterr().out
+  assert "test masked-pixel MSE" in printed and "Saved encoder to" in printed
+  assert "train acc" not in printed
+  losses = [float(line.split("  loss ")[1].split()[0])
+            for line in printed.splitlines() if line.startswith("step ")]
+  assert len(losses) == 3 and losses[-1] < losses[0]  # Stripes are easy to fill in.
+  saved = json.loads((tmp_path / "work" / "encoder" / "config.json").read_text())
+  assert saved["objective"] == "mae" and "eval_accuracy" not in saved
+  assert np.isfinite(saved["eval_mae_mse"]) and saved["eval_mae_mse"] == record["eval_mae_mse"]
+  feature_fn, params = encoder.create_feature_fn(ml_collections.ConfigDict(
+      dict(kind="conv", checkpoint=os.path.join(tmp_path, "work", "encoder"))))
+  feats = feature_fn(params, jnp.zeros((3, 28, 28, 1)))
+  assert feats["s0_loc"].shape == (784, 3, 4) and feats["s1_loc"].shape == (196, 3, 8)
+
+
+def test_train_encoder_rejects_bad_settings(tmp_path):
+  with pytest.raises(ValueError, match=r"config.objective='bogus'.*'classifier', 'mae'"):
+    # Raised before any data is read: the data folder does not exist.
+    train_encoder.train_and_save(_tiny_train_config(tmp_path / "nowhere", objective="bogus"),
+                                 str(tmp_path / "work"))
+  data_dir = tmp_path / "data"
+  _write_stripes_data(data_dir, np.random.default_rng(0))
+  with pytest.raises(ValueError, match="patch_size=5 must divide"):
+    train_encoder.train_and_save(
+        _tiny_train_config(data_dir, objective="mae", mae=dict(patch_size=5)),
+        str(tmp_path / "work"))
+  with pytest.raises(ValueError, match="warmup_steps=100 must be >= 0 and less than "
+                     "config.num_steps=100"):
+    train_encoder.train_and_save(_tiny_train_config(data_dir, num_steps=100, warmup_steps=100),
+                                 str(tmp_path / "work"))
+  assert not (tmp_path / "work").exists()
+
+
+def test_mae_config_loads_as_classifier_variant():
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path = os.path.join(os.path.dirname(__file__), "..", "configs",
+                      "encoder_fashion_mnist_mae.py")
+  spec = importlib.util.spec_from_file_location("encoder_mae_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  assert config.objective == "mae" and config.mae.patch_size == 4
+  assert config.mae.mask_ratio == 0.6 and config.data.random_flip and config.learning_rate == 2e-3
+  assert train_encoder.mae_settings(config)["eval_mask_seed"] == 0
+  assert config.encoder.widths == (32, 64, 128)  # Inherited from the classifier config.
