@@ -34,18 +34,26 @@ import jax  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lookahead_drift import _ref_data, fid, inception, sample  # noqa: E402
+from lookahead_drift import fid, inception, input_pipeline, sample  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
-# name -> overrides of config.loss; every method shares everything else.
-METHODS: dict[str, dict[str, Any]] = {
-    "k0": dict(num_lookahead=0),
-    "k1": dict(num_lookahead=1),
-    "k2": dict(num_lookahead=2),
-    "k1_eta0.5": dict(num_lookahead=1, step_size=0.5),
-    "k1_unit_rms": dict(num_lookahead=1, term_scaling="unit_rms"),
+# name -> (feature encoder, overrides of config.loss); every method shares everything else.
+# "cls": ConvEncoder trained as a label classifier; "mae": the same net as a masked autoencoder.
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "k0": ("cls", dict(num_lookahead=0)),
+    "k1": ("cls", dict(num_lookahead=1)),
+    "k2": ("cls", dict(num_lookahead=2)),
+    "k1_eta0.5": ("cls", dict(num_lookahead=1, step_size=0.5)),
+    "k1_unit_rms": ("cls", dict(num_lookahead=1, term_scaling="unit_rms")),
+    "k2_unit_rms": ("cls", dict(num_lookahead=2, term_scaling="unit_rms")),
+    "k1_w0.5": ("cls", dict(num_lookahead=1, term_weights=(1.0, 0.5))),
+    "k0_mae": ("mae", dict(num_lookahead=0)),
+    "k1_mae": ("mae", dict(num_lookahead=1)),
 }
+ENCODER_CONFIGS = {"cls": "configs/encoder_fashion_mnist.py",
+                   "mae": "configs/encoder_fashion_mnist_mae.py"}
+
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/fmnist_study", "Encoder, runs, features.")
 _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/fashion_mnist/results"),
@@ -53,38 +61,47 @@ _RESULTS = flags.DEFINE_string("results", str(REPO / "experiments/fashion_mnist/
 _STAGE = flags.DEFINE_enum("stage", "all", ["all", "ref", "encoder", "real", "table"],
                            "Run everything, or only one stage.")
 _METHODS = flags.DEFINE_list("methods", ["k0", "k1", "k2"], f"Subset of {list(METHODS)}.")
-_N_REF = flags.DEFINE_integer("n_ref", 500, "Training images in the FID reference subset.")
-_N_GEN = flags.DEFINE_integer("n_gen", 150, "Generated images per FID/KID evaluation.")
-_EVAL_STEPS = flags.DEFINE_list("eval_steps", ["100"], "Iteration counts to evaluate "
-                                "(e.g. 100,200; the CPU run had time for 100 only).")
+_N_REF = flags.DEFINE_integer("n_ref", 2000, "Training images in the FID reference subset.")
+_N_GEN = flags.DEFINE_integer("n_gen", 500, "Generated images per FID/KID evaluation.")
+_EVAL_STEPS = flags.DEFINE_list("eval_steps", ["100", "200", "400"],
+                                "Iteration counts to evaluate.")
 _BATCH = flags.DEFINE_integer("batch_size", 64, "Generated = positive samples per step.")
 _LR = flags.DEFINE_float("learning_rate", 1e-3, "Peak AdamW learning rate.")
 _WARMUP = flags.DEFINE_integer("warmup_steps", 20, "Linear warmup steps.")
 _EMA = flags.DEFINE_float("ema_decay", 0.95, "EMA decay of the evaluated parameters.")
 _CHANNELS = flags.DEFINE_integer("base_channels", 16, "UNet base channels.")
 _ATTENTION = flags.DEFINE_bool("attention", False, "UNet attention block.")
-_ENCODER_STEPS = flags.DEFINE_integer("encoder_steps", 150, "Encoder classifier steps.")
-_ENCODER_WARMUP = flags.DEFINE_integer("encoder_warmup", 15, "Encoder warmup steps.")
+_ENCODER_STEPS = flags.DEFINE_integer("encoder_steps", 1500, "Encoder training steps.")
+_ENCODER_WARMUP = flags.DEFINE_integer("encoder_warmup", 100, "Encoder warmup steps.")
 _INCEPTION_BATCH = flags.DEFINE_integer("inception_batch", 50, "Inception batch size.")
 _REF_WAIT = flags.DEFINE_integer("ref_wait_s", 0, "Wait this long for another process to "
                                  "write the reference features before computing them.")
 _SEED = flags.DEFINE_integer("seed", 0, "Training seed (same for every method).")
+_DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
+                                "Folder with the four Fashion-MNIST IDX files.")
 
 
-def encoder_dir() -> str:
-  return os.path.join(_WORKDIR.value, "encoder")
+def _fashion_mnist(split: str) -> np.ndarray:
+  """All uint8 images [N, 28, 28, 1] of a Fashion-MNIST split."""
+  return input_pipeline.load_images(dict(name="fashion_mnist", split=split,
+                                         data_dir=_DATA_DIR.value))[0]
 
 
-def ensure_encoder() -> dict[str, Any]:
-  """Trains the feature encoder (classifier on the labels) unless WORKDIR/encoder exists."""
-  record_path = os.path.join(encoder_dir(), "config.json")
+def encoder_dir(kind: str) -> str:
+  return os.path.join(_WORKDIR.value, f"enc_{kind}", "encoder")
+
+
+def ensure_encoder(kind: str) -> dict[str, Any]:
+  """Trains the `kind` feature encoder unless WORKDIR/enc_<kind>/encoder exists."""
+  record_path = os.path.join(encoder_dir(kind), "config.json")
   if not os.path.isfile(record_path):
     from lookahead_drift import train_encoder  # pylint: disable=g-import-not-at-top
-    config = _load_config("configs/encoder_fashion_mnist.py")
+    config = _load_config(ENCODER_CONFIGS[kind])
     config.num_steps = _ENCODER_STEPS.value
+    config.data.data_dir = _DATA_DIR.value
     config.warmup_steps = _ENCODER_WARMUP.value
-    config.log_every = 50
-    train_encoder.train_and_save(config, _WORKDIR.value)
+    config.log_every = 100
+    train_encoder.train_and_save(config, os.path.dirname(encoder_dir(kind)))
   with open(record_path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -102,12 +119,14 @@ def run_config(method: str) -> ml_collections.ConfigDict:
   config = _load_config("configs/fashion_mnist.py")
   config.seed = _SEED.value
   config.data.batch_size = _BATCH.value
+  config.data.data_dir = _DATA_DIR.value
   config.model.base_channels = _CHANNELS.value
   config.model.attention = _ATTENTION.value
   config.optimizer.learning_rate = _LR.value
   config.optimizer.warmup_steps = _WARMUP.value
   config.ema_decay = _EMA.value
-  config.encoder.checkpoint = encoder_dir()
+  encoder_kind, loss_overrides = METHODS[method]
+  config.encoder.checkpoint = encoder_dir(encoder_kind)
   config.tensorboard = False
   config.log_every = 10
   steps = sorted(int(s) for s in _EVAL_STEPS.value)
@@ -117,7 +136,7 @@ def run_config(method: str) -> ml_collections.ConfigDict:
   config.sample.every = 10**9  # PNGs are written by this script.
   config.sample.num_png = 64
   config.sample.batch_size = 250
-  for key, value in METHODS[method].items():
+  for key, value in loss_overrides.items():
     config.loss[key] = value
   return config
 
@@ -131,9 +150,9 @@ def train_command(method: str, steps: int) -> str:
                f"--config.optimizer.learning_rate={c.optimizer.learning_rate}",
                f"--config.optimizer.warmup_steps={c.optimizer.warmup_steps}",
                f"--config.ema_decay={c.ema_decay}"]
-  overrides += [f"--config.loss.{k}={v}" for k, v in METHODS[method].items()]
+  overrides += [f"--config.loss.{k}={v}".replace(" ", "") for k, v in METHODS[method][1].items()]
   return (f"python -m lookahead_drift.train --config=configs/fashion_mnist.py "
-          f"--workdir={_WORKDIR.value}/{method} --config.encoder.checkpoint={encoder_dir()} "
+          f"--workdir={_WORKDIR.value}/{method} --config.encoder.checkpoint={c.encoder.checkpoint} "
           + " ".join(overrides))
 
 
@@ -150,7 +169,7 @@ def reference_features() -> np.ndarray:
   while not os.path.isfile(path) and time.time() < deadline:
     time.sleep(10)  # `--stage=ref` may be computing it in another process.
   if not os.path.isfile(path):
-    images = _ref_data.fashion_mnist("/usr/share/datasets/fashion-mnist", "train")
+    images = _fashion_mnist("train")
     index = np.sort(np.random.default_rng(0).choice(len(images), _N_REF.value, replace=False))
     t0 = time.time()
     feats = extractor()(images[index], progress=True)
@@ -198,7 +217,7 @@ def real_baseline(ref_feats: np.ndarray) -> dict[str, Any]:
   if os.path.isfile(out):
     with open(out, encoding="utf-8") as f:
       return json.load(f)
-  images = _ref_data.fashion_mnist("/usr/share/datasets/fashion-mnist", "test")[:_N_GEN.value]
+  images = _fashion_mnist("test")[:_N_GEN.value]
   feats = extractor()(images)
   ext = extractor()
   stats = [fid.stats_from_features(f, ext.weights_sha256, ext.resize) for f in (feats, ref_feats)]
@@ -235,22 +254,82 @@ def run_methods() -> None:
       write_table()
 
 
-def write_table() -> None:
-  """RESULTS/results.json and table.md from every finished evaluation in WORKDIR."""
+def _median_seconds_per_step(workdir: str) -> float | None:
+  """Median over the logged windows of 1 / steps_per_sec in WORKDIR/metrics.jsonl.
+
+  The median keeps out the few windows that include compilation or a restart.
+  """
+  path = pathlib.Path(workdir, "metrics.jsonl")
+  if not path.is_file():
+    return None
+  rates = [json.loads(line).get("steps_per_sec") for line in path.read_text().splitlines()
+           if line.strip()]
+  rates = [r for r in rates if r]
+  return float(np.median(1.0 / np.asarray(rates))) if rates else None
+
+
+def collect_rows(workdir: str) -> list[dict[str, Any]]:
+  """Every finished evaluation in WORKDIR, with its encoder and the run's median s/step."""
   rows = []
-  for path in sorted(pathlib.Path(_WORKDIR.value).glob("*/eval_*.json")):
-    rows.append(json.loads(path.read_text()))
+  for path in sorted(pathlib.Path(workdir).glob("*/eval_*.json")):
+    row = json.loads(path.read_text())
+    row["encoder"] = METHODS[row["method"]][0] if row["method"] in METHODS else "-"
+    row["seconds_per_step"] = _median_seconds_per_step(str(path.parent))
+    rows.append(row)
   rows.sort(key=lambda r: (r["n_gen"], r["step"], r["method"]))
-  os.makedirs(_RESULTS.value, exist_ok=True)
-  pathlib.Path(_RESULTS.value, "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-  lines = ["| method | step | FID | KID ×1e3 (± std) | N_gen | N_ref |",
-           "|---|---|---|---|---|---|"]
+  return rows
+
+
+def write_results(rows: list[dict[str, Any]], out_dir: str) -> None:
+  """OUT/results.json, OUT/table.md and OUT/curves.png (FID and KID against steps)."""
+  os.makedirs(out_dir, exist_ok=True)
+  pathlib.Path(out_dir, "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+  lines = ["| method | encoder | step | FID | KID ×1e3 (± std) | s/step | N_gen | N_ref |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     step = r["step"] if r["method"] in METHODS else "-"
-    lines.append(f"| {r['method']} | {step} | {r['fid']:.1f} | "
-                 f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | {r['n_gen']} | "
-                 f"{r['n_ref']} |")
-  pathlib.Path(_RESULTS.value, "table.md").write_text("\n".join(lines) + "\n")
+    sec = f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") else "-"
+    lines.append(f"| {r['method']} | {r['encoder']} | {step} | {r['fid']:.1f} | "
+                 f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | {sec} | "
+                 f"{r['n_gen']} | {r['n_ref']} |")
+  pathlib.Path(out_dir, "table.md").write_text("\n".join(lines) + "\n")
+  _plot_curves(rows, os.path.join(out_dir, "curves.png"))
+
+
+def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
+  """FID and KID (± subset std) against training steps, one line per method."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
+  for method in methods:
+    mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
+    steps = [r["step"] for r in mine]
+    style = dict(marker="o", label=method, linestyle="-" if len(mine) > 1 else "none")
+    axes[0].plot(steps, [r["fid"] for r in mine], **style)
+    axes[1].errorbar(steps, [1e3 * r["kid"] for r in mine],
+                     yerr=[1e3 * r["kid_std"] for r in mine], capsize=3, **style)
+  for r in rows:
+    if r["method"] not in METHODS:  # The real-image floor at this sample size.
+      axes[0].axhline(r["fid"], color="grey", linestyle="--", label=r["method"])
+      axes[1].axhline(1e3 * r["kid"], color="grey", linestyle="--", label=r["method"])
+  n = sorted({(r["n_gen"], r["n_ref"]) for r in rows})
+  for ax, name in zip(axes, ("FID", "KID ×1e3")):
+    ax.set_xlabel("training step")
+    ax.set_ylabel(name)
+    ax.grid(alpha=0.3)
+  axes[0].set_title(f"FID (N_gen, N_ref) = {n}")
+  axes[1].set_title("KID ± std over reference subsets")
+  axes[1].legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write_table() -> None:
+  """RESULTS/{results.json, table.md, curves.png} from every finished evaluation."""
+  write_results(collect_rows(_WORKDIR.value), _RESULTS.value)
 
 
 def main(argv: list[str]) -> None:
@@ -263,9 +342,10 @@ def main(argv: list[str]) -> None:
     write_table()
     return
   if _STAGE.value in ("all", "encoder"):
-    record = ensure_encoder()
-    logging.info("encoder: %s accuracy %.4f", record.get("eval_split"),
-                 record.get("eval_accuracy", float("nan")))
+    for kind in sorted({METHODS[m][0] for m in _METHODS.value}):
+      record = ensure_encoder(kind)
+      logging.info("encoder %s: %s", kind, {k: v for k, v in record.items()
+                                             if k.startswith("eval_")})
   if _STAGE.value == "ref":
     reference_features()
   if _STAGE.value == "all":
