@@ -297,30 +297,34 @@ def write_results(rows: list[dict[str, Any]], out_dir: str) -> None:
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
-  """FID and KID (± subset std) against training steps, one line per method."""
+  """FID and KID (± subset std) against training steps, and KID against training time."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
   methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
   for method in methods:
     mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
-    steps = [r["step"] for r in mine]
+    steps = np.asarray([r["step"] for r in mine])
+    kid, kid_std = (np.asarray([1e3 * r[k] for r in mine]) for k in ("kid", "kid_std"))
     style = dict(marker="o", label=method, linestyle="-" if len(mine) > 1 else "none")
     axes[0].plot(steps, [r["fid"] for r in mine], **style)
-    axes[1].errorbar(steps, [1e3 * r["kid"] for r in mine],
-                     yerr=[1e3 * r["kid_std"] for r in mine], capsize=3, **style)
+    axes[1].errorbar(steps, kid, yerr=kid_std, capsize=3, **style)
+    if mine[-1].get("seconds_per_step"):  # Training time at the run's median step time.
+      axes[2].errorbar(steps * mine[-1]["seconds_per_step"] / 60, kid, yerr=kid_std,
+                       capsize=3, **style)
   for r in rows:
     if r["method"] not in METHODS:  # The real-image floor at this sample size.
-      axes[0].axhline(r["fid"], color="grey", linestyle="--", label=r["method"])
-      axes[1].axhline(1e3 * r["kid"], color="grey", linestyle="--", label=r["method"])
+      for ax, value in zip(axes, (r["fid"], 1e3 * r["kid"], 1e3 * r["kid"])):
+        ax.axhline(value, color="grey", linestyle="--", label=r["method"])
   n = sorted({(r["n_gen"], r["n_ref"]) for r in rows})
-  for ax, name in zip(axes, ("FID", "KID ×1e3")):
-    ax.set_xlabel("training step")
+  titles = (f"FID, (N_gen, N_ref) = {n}", "KID ± std over reference subsets",
+            "KID against training time (steps × median s/step)")
+  for ax, name, title in zip(axes, ("FID", "KID ×1e3", "KID ×1e3"), titles):
+    ax.set_xlabel("training minutes" if ax is axes[2] else "training step")
     ax.set_ylabel(name)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-  axes[0].set_title(f"FID (N_gen, N_ref) = {n}")
-  axes[1].set_title("KID ± std over reference subsets")
   axes[1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
