@@ -76,7 +76,8 @@ _ENCODER_WARMUP = flags.DEFINE_integer("encoder_warmup", 100, "Encoder warmup st
 _INCEPTION_BATCH = flags.DEFINE_integer("inception_batch", 50, "Inception batch size.")
 _REF_WAIT = flags.DEFINE_integer("ref_wait_s", 0, "Wait this long for another process to "
                                  "write the reference features before computing them.")
-_SEED = flags.DEFINE_integer("seed", 0, "Training seed (same for every method).")
+_SEED = flags.DEFINE_integer("seed", 0, "Training seed (same for every method); runs of a "
+                             "seed other than 0 go to WORKDIR/<method>_seed<seed>.")
 _DATA_DIR = flags.DEFINE_string("data_dir", "/usr/share/datasets/fashion-mnist",
                                 "Folder with the four Fashion-MNIST IDX files.")
 
@@ -112,6 +113,12 @@ def _load_config(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def run_dir(method: str) -> str:
+  """WORKDIR/<method> for seed 0, WORKDIR/<method>_seed<s> otherwise."""
+  name = method if _SEED.value == 0 else f"{method}_seed{_SEED.value}"
+  return os.path.join(_WORKDIR.value, name)
 
 
 def run_config(method: str) -> ml_collections.ConfigDict:
@@ -152,7 +159,8 @@ def train_command(method: str, steps: int) -> str:
                f"--config.ema_decay={c.ema_decay}"]
   overrides += [f"--config.loss.{k}={v}".replace(" ", "") for k, v in METHODS[method][1].items()]
   return (f"python -m lookahead_drift.train --config=configs/fashion_mnist.py "
-          f"--workdir={_WORKDIR.value}/{method} --config.encoder.checkpoint={c.encoder.checkpoint} "
+          f"--workdir={run_dir(method)} --config.encoder.checkpoint={c.encoder.checkpoint} "
+          f"--config.seed={c.seed} "
           + " ".join(overrides))
 
 
@@ -183,7 +191,7 @@ def reference_features() -> np.ndarray:
 def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: int,
              ref_feats: np.ndarray) -> dict[str, Any]:
   """FID/KID of n_gen EMA samples (fixed noise seed) against the reference subset."""
-  out = os.path.join(_WORKDIR.value, method, f"eval_{step}_{_N_GEN.value}.json")
+  out = os.path.join(run_dir(method), f"eval_{step}_{_N_GEN.value}.json")
   if os.path.isfile(out):
     with open(out, encoding="utf-8") as f:
       return json.load(f)
@@ -198,11 +206,13 @@ def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: i
   ref_stats = fid.stats_from_features(ref_feats, ext.weights_sha256, ext.resize)
   kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
                               max_subset_size=min(len(feats), len(ref_feats)))
-  result = dict(method=method, step=step, n_gen=len(feats), n_ref=len(ref_feats),
+  result = dict(method=method, seed=_SEED.value, step=step, n_gen=len(feats),
+                n_ref=len(ref_feats),
                 fid=fid.fid_from_stats(gen_stats, ref_stats), kid=kid_mean, kid_std=kid_std,
                 inception_seconds=seconds, loss=dict(config.loss.to_dict()),
                 command=train_command(method, step))
-  png = os.path.join(_RESULTS.value, f"samples_{method}_step{step}.png")
+  png = os.path.join(_RESULTS.value,
+                     f"samples_{os.path.basename(run_dir(method))}_step{step}.png")
   os.makedirs(_RESULTS.value, exist_ok=True)
   sample.save_samples_png(png, images[:64].astype(np.float32) / 127.5 - 1.0)
   with open(out, "w", encoding="utf-8") as f:
@@ -241,7 +251,7 @@ def run_methods() -> None:
     for method in _METHODS.value:
       config = run_config(method)
       config.num_steps = step
-      workdir = os.path.join(_WORKDIR.value, method)
+      workdir = run_dir(method)
       os.makedirs(workdir, exist_ok=True)
       t0 = time.time()
       state = train.train_and_evaluate(config, workdir)
@@ -273,10 +283,11 @@ def collect_rows(workdir: str) -> list[dict[str, Any]]:
   rows = []
   for path in sorted(pathlib.Path(workdir).glob("*/eval_*.json")):
     row = json.loads(path.read_text())
+    row.setdefault("seed", 0)
     row["encoder"] = METHODS[row["method"]][0] if row["method"] in METHODS else "-"
     row["seconds_per_step"] = _median_seconds_per_step(str(path.parent))
     rows.append(row)
-  rows.sort(key=lambda r: (r["n_gen"], r["step"], r["method"]))
+  rows.sort(key=lambda r: (r["n_gen"], r["step"], r["method"], r["seed"]))
   return rows
 
 
@@ -284,12 +295,12 @@ def write_results(rows: list[dict[str, Any]], out_dir: str) -> None:
   """OUT/results.json, OUT/table.md and OUT/curves.png (FID and KID against steps)."""
   os.makedirs(out_dir, exist_ok=True)
   pathlib.Path(out_dir, "results.json").write_text(json.dumps(rows, indent=2) + "\n")
-  lines = ["| method | encoder | step | FID | KID ×1e3 (± std) | s/step | N_gen | N_ref |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = ["| method | encoder | seed | step | FID | KID ×1e3 (± std) | s/step | N_gen | N_ref |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
-    step = r["step"] if r["method"] in METHODS else "-"
+    step, seed = (r["step"], r["seed"]) if r["method"] in METHODS else ("-", "-")
     sec = f"{r['seconds_per_step']:.2f}" if r.get("seconds_per_step") else "-"
-    lines.append(f"| {r['method']} | {r['encoder']} | {step} | {r['fid']:.1f} | "
+    lines.append(f"| {r['method']} | {r['encoder']} | {seed} | {step} | {r['fid']:.1f} | "
                  f"{1e3 * r['kid']:.2f} ± {1e3 * r['kid_std']:.2f} | {sec} | "
                  f"{r['n_gen']} | {r['n_ref']} |")
   pathlib.Path(out_dir, "table.md").write_text("\n".join(lines) + "\n")
@@ -302,12 +313,16 @@ def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
-  methods = [m for m in METHODS if any(r["method"] == m for r in rows)]
-  for method in methods:
-    mine = sorted((r for r in rows if r["method"] == method), key=lambda r: r["step"])
+  runs = sorted({(r["method"], r["seed"]) for r in rows if r["method"] in METHODS},
+                key=lambda run: (list(METHODS).index(run[0]), run[1]))
+  for method, seed in runs:
+    mine = sorted((r for r in rows if (r["method"], r["seed"]) == (method, seed)),
+                  key=lambda r: r["step"])
     steps = np.asarray([r["step"] for r in mine])
     kid, kid_std = (np.asarray([1e3 * r[k] for r in mine]) for k in ("kid", "kid_std"))
-    style = dict(marker="o", label=method, linestyle="-" if len(mine) > 1 else "none")
+    label = method if seed == 0 else f"{method} seed {seed}"
+    style = dict(marker="o" if seed == 0 else "s", label=label,
+                 linestyle=("-" if seed == 0 else ":") if len(mine) > 1 else "none")
     axes[0].plot(steps, [r["fid"] for r in mine], **style)
     axes[1].errorbar(steps, kid, yerr=kid_std, capsize=3, **style)
     if mine[-1].get("seconds_per_step"):  # Training time at the run's median step time.
