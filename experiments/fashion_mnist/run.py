@@ -4,15 +4,16 @@
       --results=experiments/fashion_mnist/results
 
 Stages, each cached in WORKDIR so that a rerun picks up where it stopped:
-  1. the ConvEncoder feature space (`train_encoder`, a label classifier), unless present;
-  2. Inception features and statistics of a fixed random subset of --n_ref training images,
-     and, as the floor of both metrics at this sample size, FID/KID of --n_gen real test images;
+  1. the ConvEncoder feature spaces the chosen methods need (`train_encoder`: "cls", a label
+     classifier, and/or "mae", a masked autoencoder), unless present;
+  2. Inception features of a fixed random subset of --n_ref training images, and, as the
+     floor of both metrics at this sample size, FID/KID of --n_gen real test images;
   3. for each method, training with `train.train_and_evaluate` in stages up to each of
      --eval_steps (it resumes from its own checkpoints), and at each stage FID and KID of
-     --n_gen EMA samples against the reference subset;
-  4. RESULTS/results.json, RESULTS/table.md and one PNG sample grid per method.
---methods picks a subset, so several processes can train different methods side by side;
-`--stage=table` only rebuilds the table from the finished evaluations.
+     --n_gen EMA samples against the reference subset, plus a PNG grid of 64 of them;
+  4. RESULTS/results.json, RESULTS/table.md and RESULTS/curves.png.
+--methods picks a subset and --seed a training seed, so several processes can train
+different runs side by side; `--stage=table` only rebuilds the table and figure.
 """
 
 from __future__ import annotations
