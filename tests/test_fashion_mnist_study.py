@@ -56,6 +56,11 @@ _SCRIPT = textwrap.dedent("""
     pathlib.Path(workdir, "k1", "metrics.jsonl").write_text(
         "".join(json.dumps(dict(step=10 * i, steps_per_sec=r)) + "\\n"
                 for i, r in enumerate(rates)))
+    from lookahead_drift import sample
+    import numpy as np
+    os.makedirs(results, exist_ok=True)
+    sample.save_samples_png(os.path.join(results, "samples_k1_step200.png"),
+                            np.zeros((4, 28, 28, 1), np.float32))
     run.write_table()
 """)
 
@@ -83,4 +88,5 @@ def test_study_script_configs_table_and_figure(tmp_path):
   assert "| k1 | cls | 0 | 200 | 150.0 | 15.00 ± 1.00 | 0.50 | 10 | 20 |" in table
   assert "| k1 | cls | 1 | 200 | 160.0 | 16.00 ± 1.00 | - | 10 | 20 |" in table
   assert "| real test images | - | - | - | 30.0 |" in table[2]
-  assert (results / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  for name in ("curves.png", "samples.png"):  # samples.png: the grids by method and step
+    assert (results / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

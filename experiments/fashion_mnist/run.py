@@ -306,6 +306,7 @@ def write_results(rows: list[dict[str, Any]], out_dir: str) -> None:
                  f"{r['n_gen']} | {r['n_ref']} |")
   pathlib.Path(out_dir, "table.md").write_text("\n".join(lines) + "\n")
   _plot_curves(rows, os.path.join(out_dir, "curves.png"))
+  _sample_sheet(rows, out_dir)
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
@@ -344,6 +345,36 @@ def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
   axes[1].legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _sample_sheet(rows: list[dict[str, Any]], out_dir: str) -> None:
+  """OUT/samples.png: the sample grids of the seed-0 runs (rows) at every evaluated step."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  runs = [m for m in METHODS if any(r["method"] == m and r["seed"] == 0 for r in rows)]
+  steps = sorted({r["step"] for r in rows if r["method"] in runs})
+  cells = {(m, t): os.path.join(out_dir, f"samples_{m}_step{t}.png")
+           for m in runs for t in steps}
+  if not any(os.path.isfile(p) for p in cells.values()):
+    return
+  fig, axes = plt.subplots(len(runs), len(steps), squeeze=False,
+                           figsize=(2.2 * len(steps), 2.3 * len(runs)))
+  for i, method in enumerate(runs):
+    for j, step in enumerate(steps):
+      ax = axes[i, j]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if os.path.isfile(cells[method, step]):
+        image = plt.imread(cells[method, step])
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
+      if i == 0:
+        ax.set_title(f"step {step}", fontsize=9)
+      if j == 0:
+        ax.set_ylabel(method, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out_dir, "samples.png"), dpi=120)
   plt.close(fig)
 
 
