@@ -323,7 +323,8 @@ def _plot_curves(rows: list[dict[str, Any]], path: str) -> None:
     steps = np.asarray([r["step"] for r in mine])
     kid, kid_std = (np.asarray([1e3 * r[k] for r in mine]) for k in ("kid", "kid_std"))
     label = method if seed == 0 else f"{method} seed {seed}"
-    style = dict(marker="o" if seed == 0 else "s", label=label,
+    style = dict(marker="o" if seed == 0 else "s", label=label,  # A method keeps its colour.
+                 color=f"C{list(METHODS).index(method) % 10}",
                  linestyle=("-" if seed == 0 else ":") if len(mine) > 1 else "none")
     axes[0].plot(steps, [r["fid"] for r in mine], **style)
     axes[1].errorbar(steps, kid, yerr=kid_std, capsize=3, **style)
