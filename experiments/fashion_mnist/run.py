@@ -11,7 +11,8 @@ Stages, each cached in WORKDIR so that a rerun picks up where it stopped:
   3. for each method, training with `train.train_and_evaluate` in stages up to each of
      --eval_steps (it resumes from its own checkpoints), and at each stage FID and KID of
      --n_gen EMA samples against the reference subset, plus a PNG grid of 64 of them;
-  4. RESULTS/results.json, RESULTS/table.md and RESULTS/curves.png.
+  4. RESULTS/results.json, table.md, curves.png (FID/KID against steps and time) and
+     samples.png (the grids by run and step).
 --methods picks a subset and --seed a training seed, so several processes can train
 different runs side by side; `--stage=table` only rebuilds the table and figure.
 """
