@@ -50,6 +50,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "k1_unit_rms": ("cls", dict(num_lookahead=1, term_scaling="unit_rms")),
     "k2_unit_rms": ("cls", dict(num_lookahead=2, term_scaling="unit_rms")),
     "k1_w0.5": ("cls", dict(num_lookahead=1, term_weights=(1.0, 0.5))),
+    "k2_w0.5": ("cls", dict(num_lookahead=2, term_weights=(1.0, 0.5, 0.25))),
     "k0_mae": ("mae", dict(num_lookahead=0)),
     "k1_mae": ("mae", dict(num_lookahead=1)),
 }
