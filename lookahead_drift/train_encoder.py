@@ -75,11 +75,18 @@ def random_patch_mask(key: jax.Array, batch: int, h: int, w: int, patch: int,
   return jnp.broadcast_to(grid, (batch, gh, patch, gw, patch)).reshape(batch, h, w, 1)
 
 
+def masked_squared_error(prediction: jax.Array, target: jax.Array, mask: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+  """Per image: (sum of squared errors over masked pixels, number of masked values), [B] each."""
+  weight = jnp.broadcast_to(mask, target.shape).astype(jnp.float32)
+  sq = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32)) * weight
+  return sq.sum(axis=(1, 2, 3)), weight.sum(axis=(1, 2, 3))
+
+
 def masked_mse(prediction: jax.Array, target: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean squared error over masked pixels (all channels) only; mask is [B, H, W, 1] bool."""
-  weight = jnp.broadcast_to(mask, target.shape).astype(jnp.float32)
-  sq = jnp.square(prediction.astype(jnp.float32) - target.astype(jnp.float32))
-  return (sq * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+  sq, count = masked_squared_error(prediction, target, mask)
+  return sq.sum() / jnp.maximum(count.sum(), 1.0)
 
 
 class MaeDecoder(nn.Module):
@@ -192,9 +199,7 @@ def evaluate_mae(model: MaskedAutoencoder, params: Any, images: np.ndarray, batc
   @jax.jit
   def per_image(p, x, index):
     mask = random_patch_mask(jax.random.fold_in(key, index), *x.shape[:3], patch, ratio)
-    weight = jnp.broadcast_to(mask, x.shape).astype(jnp.float32)
-    sq = jnp.square(model.apply(p, x, mask) - x) * weight
-    return sq.sum(axis=(1, 2, 3)), weight.sum(axis=(1, 2, 3))
+    return masked_squared_error(model.apply(p, x, mask), x, mask)
 
   total, count = 0.0, 0.0
   for index, chunk, n in _padded_batches(images, batch_size):
