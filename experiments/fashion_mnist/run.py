@@ -191,58 +191,65 @@ def reference_features() -> np.ndarray:
     return data["features"]
 
 
+def _read_json(path: str) -> dict[str, Any] | None:
+  """A finished evaluation, or None when `path` has not been written yet."""
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_json(path: str, result: dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=2)
+
+
+def _scores(feats: np.ndarray, ref_feats: np.ndarray) -> dict[str, Any]:
+  """FID and KID (mean, std over 100 subsets) of Inception features against the reference."""
+  ext = extractor()
+  gen_stats, ref_stats = (fid.stats_from_features(f, ext.weights_sha256, ext.resize)
+                          for f in (feats, ref_feats))
+  kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
+                              max_subset_size=min(len(feats), len(ref_feats)))
+  return dict(n_gen=len(feats), n_ref=len(ref_feats), fid=fid.fid_from_stats(gen_stats, ref_stats),
+              kid=kid_mean, kid_std=kid_std)
+
+
 def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: int,
              ref_feats: np.ndarray) -> dict[str, Any]:
   """FID/KID of n_gen EMA samples (fixed noise seed) against the reference subset."""
   out = os.path.join(run_dir(method), f"eval_{step}_{_N_GEN.value}.json")
-  if os.path.isfile(out):
-    with open(out, encoding="utf-8") as f:
-      return json.load(f)
+  if (done := _read_json(out)) is not None:
+    return done
   from lookahead_drift import train  # pylint: disable=g-import-not-at-top
   ema = train.host_params(state.ema_params)
   images = sample.to_uint8(sample.generate(config, ema, _N_GEN.value, jax.random.PRNGKey(1234)))
   t0 = time.time()
   feats = extractor()(images)
   seconds = time.time() - t0
-  ext = extractor()
-  gen_stats = fid.stats_from_features(feats, ext.weights_sha256, ext.resize)
-  ref_stats = fid.stats_from_features(ref_feats, ext.weights_sha256, ext.resize)
-  kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
-                              max_subset_size=min(len(feats), len(ref_feats)))
-  result = dict(method=method, seed=_SEED.value, step=step, n_gen=len(feats),
-                n_ref=len(ref_feats),
-                fid=fid.fid_from_stats(gen_stats, ref_stats), kid=kid_mean, kid_std=kid_std,
+  result = dict(method=method, seed=_SEED.value, step=step, **_scores(feats, ref_feats),
                 inception_seconds=seconds, loss=dict(config.loss.to_dict()),
                 command=train_command(method, step))
   png = os.path.join(_RESULTS.value,
                      f"samples_{os.path.basename(run_dir(method))}_step{step}.png")
   os.makedirs(_RESULTS.value, exist_ok=True)
   sample.save_samples_png(png, images[:64].astype(np.float32) / 127.5 - 1.0)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  logging.info("%s step %d: FID %.2f KID %.4f", method, step, result["fid"], kid_mean)
+  _write_json(out, result)
+  logging.info("%s step %d: FID %.2f KID %.4f", method, step, result["fid"], result["kid"])
   return result
 
 
 def real_baseline(ref_feats: np.ndarray) -> dict[str, Any]:
   """FID/KID of n_gen real test images (first ones) against the reference: the floor at this N."""
   out = os.path.join(_WORKDIR.value, "real", f"eval_0_{_N_GEN.value}.json")
-  if os.path.isfile(out):
-    with open(out, encoding="utf-8") as f:
-      return json.load(f)
-  images = _fashion_mnist("test")[:_N_GEN.value]
-  feats = extractor()(images)
-  ext = extractor()
-  stats = [fid.stats_from_features(f, ext.weights_sha256, ext.resize) for f in (feats, ref_feats)]
-  kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
-                              max_subset_size=min(len(feats), len(ref_feats)))
-  result = dict(method="real test images", step=0, n_gen=len(feats), n_ref=len(ref_feats),
-                fid=fid.fid_from_stats(*stats), kid=kid_mean, kid_std=kid_std,
+  if (done := _read_json(out)) is not None:
+    return done
+  feats = extractor()(_fashion_mnist("test")[:_N_GEN.value])
+  result = dict(method="real test images", step=0, **_scores(feats, ref_feats),
                 command="experiments/fashion_mnist/run.py --stage=real")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=2)
-  logging.info("real test images: FID %.2f KID %.4f", result["fid"], kid_mean)
+  _write_json(out, result)
+  logging.info("real test images: FID %.2f KID %.4f", result["fid"], result["kid"])
   return result
 
 
