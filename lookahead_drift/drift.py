@@ -1,11 +1,20 @@
 """The drift math: drifting fields, the lookahead chain and the training loss, in plain jnp.
 
 Everything here is a pure function of arrays, so it can be jit-ed, vmap-ed and sharded. The
-maths follows `docs/drifting.md` (shared with the project); section numbers below refer to it.
+maths follows `docs/drifting.md`; section numbers below refer to it.
 
     V = drift_field(x, y_pos, temperature=0.05)                       # §2, [N, D]
     terms = lookahead_drift(x, y_pos, num_lookahead=2, temperature=0.05)  # §3, [3, N, D]
     loss, metrics = drift_loss({"pixels": x[None]}, {"pixels": y[None]})  # §4
+
+Two implementations of the field give the same numbers (to float32 rounding):
+- "dense" forms the N x (N + L + M) kernel matrices. One distance matrix serves every
+  temperature and the feature scale; the temperatures' affinity products are one matmul.
+- "streaming" walks over tiles of generated samples and targets (online log-sum-exp, as in
+  flash attention) and never holds more than [T, block, block]: for batches whose matrices
+  do not fit in memory.
+`drift_loss` picks one from `LossConfig.memory_budget_mb` and processes feature groups in
+chunks that fit the same budget.
 """
 
 from __future__ import annotations
@@ -24,19 +33,15 @@ Array = jax.Array
 KERNELS = ("laplace", "gaussian")
 NORMALIZATIONS = ("mean_shift", "bidirectional")
 TERM_SCALINGS = ("none", "unit_rms")
+FIELD_IMPLS = ("auto", "dense", "streaming")
 
 _EPS = 1e-12
+_NEG_INF = -jnp.inf
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks. Python-level values are checked eagerly; traced values (a temperature that is
-# vmapped over, say) cannot be inspected and are left alone.
-
-
-def _concrete(value: Any) -> np.ndarray | None:
-  if isinstance(value, jax.core.Tracer):
-    return None
-  return np.asarray(value)
+# Argument checks, done once at the public entry points. Traced values (a vmapped temperature)
+# cannot be inspected and are left alone.
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -45,131 +50,353 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
 
 
 def _check_positive(name: str, value: Any) -> None:
-  v = _concrete(value)
-  if v is not None and not np.all(v > 0):
+  if not isinstance(value, jax.core.Tracer) and not np.all(np.asarray(value) > 0):
     raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-def _check_points(name: str, arr: Any, dim: int | None) -> None:
-  if jnp.ndim(arr) != 2:
-    raise ValueError(f"{name} must have shape [num_samples, dim], got shape {jnp.shape(arr)}")
-  if dim is not None and arr.shape[1] != dim:
-    raise ValueError(
-        f"{name} has feature dimension {arr.shape[1]} but x has {dim}: both must match")
+def _check_shape(name: str, arr: Any, shape: tuple[int | None, ...], what: str) -> None:
+  """`arr` has len(shape) axes and matches every non-None entry of `shape`."""
+  got = jnp.shape(arr)
+  if len(got) != len(shape) or any(s is not None and g != s for g, s in zip(got, shape)):
+    want = ", ".join("*" if s is None else str(s) for s in shape)
+    raise ValueError(f"{name} must have shape [{want}] ({what}), got {got}")
 
 
-def _check_weights(name: str, w: Any, n: int) -> None:
-  if w is not None and jnp.shape(w) != (n,):
-    raise ValueError(f"{name} must have shape ({n},), got {jnp.shape(w)}")
+@dataclasses.dataclass(frozen=True)
+class _FieldSpec:
+  """Static settings of one field computation (hashable: a jit static argument)."""
+  kernel: str = "laplace"
+  normalization: str = "mean_shift"
+  floor: float = 0.0
+  impl: str = "dense"  # "dense" or "streaming" (resolved, never "auto")
+  block_size: int = 1024
+
+  def __post_init__(self):
+    _check_choice("kernel", self.kernel, KERNELS)
+    _check_choice("normalization", self.normalization, NORMALIZATIONS)
+    _check_choice("impl", self.impl, FIELD_IMPLS[1:])
+    if not 0 <= self.floor < 1:
+      raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
+    if self.block_size < 1:
+      raise ValueError(f"block_size must be >= 1, got {self.block_size!r}")
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernel logits and softmaxes, in log space so that temperature 0.02 stays finite in float32.
+# Small numerical pieces. Log space throughout, so that temperature 0.02 stays finite.
 
 
-def _cost(x: Array, y: Array, kernel: str) -> Array:
-  """Pairwise ‖x − y‖ (laplace) or ‖x − y‖² (gaussian), [N, M]."""
-  # Centring both sets on the batch mean leaves distances unchanged but keeps the norms small,
-  # which limits cancellation in ‖x‖² + ‖y‖² − 2x·y. HIGHEST precision: TF32 would not do.
-  c = jax.lax.stop_gradient(jnp.mean(x, axis=0))
-  x, y = x - c, y - c
+def _sq_dist(x: Array, y: Array) -> Array:
+  """Pairwise ‖x − y‖², [N, L], for inputs already centred near the origin."""
+  # HIGHEST precision: TF32 would lose the small distances to cancellation.
   xy = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
-  d2 = jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * xy
-  d2 = jnp.maximum(d2, 0.0)
-  if kernel == "gaussian":
-    return d2
-  positive = d2 > 0  # sqrt has an infinite slope at 0: keep it out of any gradient.
+  return jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * xy, 0.0)
+
+
+def _dist(d2: Array) -> Array:
+  """sqrt with a zero slope at 0 (sqrt's is infinite there)."""
+  positive = d2 > 0
   return jnp.where(positive, jnp.sqrt(jnp.where(positive, d2, 1.0)), 0.0)
 
 
-def _log_softmax(logits: Array, axis: int) -> Array:
-  """log-softmax that returns -inf (weight 0) for a slice whose logits are all -inf."""
-  m = jnp.max(logits, axis=axis, keepdims=True)
-  m = jax.lax.stop_gradient(jnp.where(jnp.isfinite(m), m, 0.0))
-  shifted = logits - m
-  total = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
-  return shifted - jnp.log(jnp.where(total > 0, total, 1.0))
+def _cost(d2: Array, kernel: str) -> Array:
+  """−log k up to the temperature: ‖x − y‖ (laplace) or ‖x − y‖² (gaussian)."""
+  return _dist(d2) if kernel == "laplace" else d2
+
+
+def _normalizer(a: Array, axis: int) -> tuple[Array, Array]:
+  """(m, s) with log Σ exp(a) = m + log s along `axis` (kept): m finite, s = 0 if all −inf.
+
+  The two parts stay apart: at τ = 0.02 the logits reach ~1e5, where float32 cannot hold
+  m + log s to the precision that makes a softmax sum to 1.
+  """
+  m = jax.lax.stop_gradient(jnp.max(a, axis=axis, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  return m, jnp.sum(jnp.exp(a - m), axis=axis, keepdims=True)
+
+
+def _merge(m1: Array, s1: Array, m2: Array, s2: Array) -> tuple[Array, Array]:
+  """Two normalizers over disjoint sets as one, as in an online softmax (empty parts drop)."""
+  m1, m2 = jnp.where(s1 > 0, m1, _NEG_INF), jnp.where(s2 > 0, m2, _NEG_INF)
+  m = jnp.maximum(m1, m2)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  return m, s1 * jnp.exp(m1 - m) + s2 * jnp.exp(m2 - m)
+
+
+def _log_normalized(logits: Array, m: Array, s: Array) -> Array:
+  """logits − log Σ exp, from the parts of `_normalizer`; −inf stays −inf."""
+  return (logits - m) - jnp.log(jnp.where(s > 0, s, 1.0))
 
 
 def _log_weights(w: Array | None, n: int) -> Array:
+  """log w, −inf for w = 0 (the target drops out): w multiplies the kernel."""
   if w is None:
     return jnp.zeros((n,), jnp.float32)
   w = jnp.asarray(w, jnp.float32)
-  return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), -jnp.inf)
+  return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), _NEG_INF)
 
 
-def _field(x: Array, y_pos: Array, y_neg: Array | None, *, self_negatives: bool,
-           temperature: Array | float, kernel: str, normalization: str, floor: float,
-           pos_weights: Array | None = None, neg_weights: Array | None = None) -> Array:
-  """V_{p,q}(x) with negatives [x (self excluded) if self_negatives; y_neg] (§2)."""
+# ---------------------------------------------------------------------------------------------
+# The field (§2). Targets are laid out [negatives; positives] with negatives = [x; y_neg] when
+# the batch is its own negative set (x_i then excluded from its own row), and the field is
+#   mean_shift:    V_i = Σ_pos a_ij (y_j − x_i) − Σ_neg a_ij (y_j − x_i), a a row softmax per side,
+#   bidirectional: V_i = S⁻_i Σ_pos a_ij (y_j − x_i) − S⁺_i Σ_neg a_ij (y_j − x_i),
+#                  a = sqrt(row softmax × column softmax), floored, S± = Σ_{pos/neg} a_ij.
+# Every function below computes it for T temperatures at once: [T, N, D].
+
+
+def _self_mask(rows: Array, cols: Array, self_neg: bool) -> Array | None:
+  """True where target `cols` is generated sample `rows` itself (global indices)."""
+  return (rows[:, None] == cols[None, :]) if self_neg else None
+
+
+def _logits(cost: Array, logw: Array, temps: Array, keep: Array | None) -> Array:
+  """[T, n, l] log-kernel: −cost/τ + log w, −inf where `keep` is False."""
+  logits = logw[None, None, :] - cost[None] / temps[:, None, None]
+  return logits if keep is None else jnp.where(keep[None], logits, _NEG_INF)
+
+
+def _floored(a: Array, logw: Array, floor: float) -> Array:
+  """The official floor on the bidirectional affinity; targets of weight 0 stay out."""
+  if floor <= 0:
+    return a
+  return jnp.where(logw[None, None, :] > _NEG_INF, jnp.maximum(a, math.sqrt(floor)), 0.0)
+
+
+def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array, *,
+                  num_neg: int, self_neg: bool, spec: _FieldSpec) -> Array:
+  """Fields [T, N, D] from the full distance matrix d2 [N, L] (shared by all temperatures)."""
   n = x.shape[0]
-  negs, neg_logw = [], []
-  if self_negatives:
-    negs.append(x)
-    neg_logw.append(jnp.zeros((n,)))
-  if y_neg is not None:
-    negs.append(y_neg)
-    neg_logw.append(_log_weights(neg_weights, y_neg.shape[0]))
-  y_negs = jnp.concatenate(negs, axis=0)
-  l = y_negs.shape[0]
-  # Target log-weights: log w_j multiplies the kernel; -inf removes a target altogether.
-  target_logw = jnp.concatenate(neg_logw + [_log_weights(pos_weights, y_pos.shape[0])])
-  logits = (-_cost(x, jnp.concatenate([y_negs, y_pos]), kernel) / temperature
-            + target_logw[None, :])
-  if self_negatives:  # x_i is not its own negative
-    logits = logits.at[:, :n].add(jnp.where(jnp.eye(n, dtype=bool), -jnp.inf, 0.0))
-
-  def pull(a: Array, y: Array) -> Array:  # Σ_j a_ij (y_j − x_i)
-    return a @ y - jnp.sum(a, axis=1, keepdims=True) * x
-
-  if normalization == "mean_shift":
-    a_neg = jnp.exp(_log_softmax(logits[:, :l], axis=1))
-    a_pos = jnp.exp(_log_softmax(logits[:, l:], axis=1))
-    return pull(a_pos, y_pos) - pull(a_neg, y_negs)
-
-  # bidirectional: geometric mean of a row softmax (over all targets) and a column softmax
-  # (over the generated batch).
-  a = jnp.exp(0.5 * (_log_softmax(logits, axis=1) + _log_softmax(logits, axis=0)))
-  if floor > 0:
-    # As in the official code the floor lifts every entry, self pairs included; targets of
-    # weight 0 stay out.
-    a = jnp.where(target_logw[None, :] > -jnp.inf, jnp.maximum(a, math.sqrt(floor)), 0.0)
-  a_neg, a_pos = a[:, :l], a[:, l:]
-  s_neg = jnp.sum(a_neg, axis=1, keepdims=True)
-  s_pos = jnp.sum(a_pos, axis=1, keepdims=True)
-  return s_neg * pull(a_pos, y_pos) - s_pos * pull(a_neg, y_negs)
+  keep = None
+  if self_neg:
+    keep = ~_self_mask(jnp.arange(n), jnp.arange(targets.shape[0]), True)
+  logits = _logits(_cost(d2, spec.kernel), logw, temps, keep)     # [T, N, L]
+  is_pos = jnp.arange(targets.shape[0]) >= num_neg                 # [L]
+  if spec.normalization == "mean_shift":  # a row softmax on each side
+    neg, pos = _normalizer(logits[..., :num_neg], -1), _normalizer(logits[..., num_neg:], -1)
+    m, s = (jnp.where(is_pos, p, q) for p, q in zip(pos, neg))
+    # Σ_j sign_j a_ij (y_j − x_i) with sign +1 on positives, −1 on negatives.
+    coef = jnp.where(is_pos, 1.0, -1.0) * jnp.exp(_log_normalized(logits, m, s))
+  else:
+    log_a = 0.5 * (_log_normalized(logits, *_normalizer(logits, -1))
+                   + _log_normalized(logits, *_normalizer(logits, -2)))
+    a = _floored(jnp.exp(log_a), logw, spec.floor)
+    s_pos = jnp.sum(jnp.where(is_pos, a, 0.0), -1, keepdims=True)
+    s_neg = jnp.sum(a, -1, keepdims=True) - s_pos
+    coef = a * jnp.where(is_pos, s_neg, -s_pos)
+  # One matmul for all temperatures: Σ_j c_ij y_j − (Σ_j c_ij) x_i.
+  pulled = jnp.einsum("tnl,ld->tnd", coef, targets, precision=jax.lax.Precision.HIGHEST)
+  return pulled - jnp.sum(coef, -1)[..., None] * x[None]
 
 
-# Eager calls (notebooks) run compiled; under a caller's jit these are simply inlined.
-_field_jit = jax.jit(_field, static_argnames=("self_negatives", "kernel", "normalization",
-                                              "floor"))
+def _pad(a: Array, size: int, value: float) -> Array:
+  return jnp.pad(a, [(0, size - a.shape[0])] + [(0, 0)] * (a.ndim - 1), constant_values=value)
 
 
-def _check_field_args(x, y_pos, y_neg, temperature, kernel, normalization, floor,
-                      pos_weights, neg_weights) -> None:
-  _check_points("x", x, None)
-  _check_points("y_pos", y_pos, x.shape[1])
-  if y_neg is not None:
-    _check_points("y_neg", y_neg, x.shape[1])
-  _check_positive("temperature", temperature)
-  _check_choice("kernel", kernel, KERNELS)
-  _check_choice("normalization", normalization, NORMALIZATIONS)
-  if not 0 <= floor < 1:
-    raise ValueError(f"floor must be in [0, 1), got {floor!r}")
-  _check_weights("pos_weights", pos_weights, y_pos.shape[0])
-  if neg_weights is not None and y_neg is None:
-    raise ValueError("neg_weights given without negatives to weigh")
-  if y_neg is not None:
-    _check_weights("neg_weights", neg_weights, y_neg.shape[0])
+def _tiled(x: Array, targets: Array, logw: Array, num_neg: int, block: int):
+  """Pads generated rows and each target side to whole blocks (no block spans both sides).
+
+  Returns (xp, tp, lwp, row_ok, col_id, block_is_pos, bn, bt): padded rows are masked by
+  row_ok, padded targets by lwp = −inf, col_id is each target's original index (−1 if padding).
+  """
+  n = x.shape[0]
+  sides = [(targets[:num_neg], logw[:num_neg], jnp.arange(num_neg)),
+           (targets[num_neg:], logw[num_neg:], jnp.arange(num_neg, targets.shape[0]))]
+  bt = max(1, min(block, max(s[0].shape[0] for s in sides)))
+  bn = min(block, n)
+  parts, flags = [], []
+  for side, (t, lw, idx) in enumerate(sides):
+    size = -(-t.shape[0] // bt) * bt
+    parts.append((_pad(t, size, 0.0), _pad(lw, size, _NEG_INF), _pad(idx, size, -1)))
+    flags += [side == 1] * (size // bt)
+  tp, lwp, col_id = (jnp.concatenate(p) for p in zip(*parts))
+  rows = -(-n // bn) * bn
+  xp = _pad(x, rows, 0.0)
+  row_ok = jnp.arange(rows) < n
+  return xp, tp, lwp, row_ok, col_id, jnp.asarray(flags, bool), bn, bt
+
+
+def _over_tiles(num_rows: int, num_cols: int, tile, row_init, col_init, col_merge):
+  """Runs tile(r, b, row_acc) -> (row_acc, col_part) over row blocks r and target blocks b.
+
+  The row accumulator of block r is carried across its targets; the column parts of each
+  row block are merged into the running column accumulator. Returns (row_accs, col_acc).
+  """
+
+  def over_rows(col_acc, r):
+    row_acc, col_parts = jax.lax.scan(lambda acc, b: tile(r, b, acc), row_init,
+                                      jnp.arange(num_cols))
+    return col_merge(col_acc, col_parts), row_acc
+
+  col_acc, row_accs = jax.lax.scan(over_rows, col_init, jnp.arange(num_rows))
+  return row_accs, col_acc
+
+
+def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, num_neg: int,
+                      self_neg: bool, spec: _FieldSpec) -> Array:
+  """`_dense_fields` tile by tile: two passes, never more than [T, block, block] at once.
+
+  Pass 1: row log-sum-exps per side and column log-sum-exps (online, over all tiles).
+  Pass 2: affinities per tile, accumulated into S± [2, T, n] and Σ a y [2, T, n, D].
+  """
+  n, d = x.shape
+  num_t = temps.shape[0]
+  xp, tp, lwp, row_ok, col_id, block_is_pos, bn, bt = _tiled(
+      x, targets, logw, num_neg, spec.block_size)
+  num_rows, num_cols = xp.shape[0] // bn, tp.shape[0] // bt
+
+  def tile_logits(r, b):
+    xr = jax.lax.dynamic_slice_in_dim(xp, r * bn, bn)
+    tb = jax.lax.dynamic_slice_in_dim(tp, b * bt, bt)
+    lw = jax.lax.dynamic_slice_in_dim(lwp, b * bt, bt)
+    cid = jax.lax.dynamic_slice_in_dim(col_id, b * bt, bt)
+    keep = jax.lax.dynamic_slice_in_dim(row_ok, r * bn, bn)[:, None]
+    if self_neg:
+      keep = keep & ~_self_mask(r * bn + jnp.arange(bn), cid, True)
+    return _logits(_cost(_sq_dist(xr, tb), spec.kernel), lw, temps, keep), tb, lw
+
+  def stats_tile(r, b, rows):  # rows: (m, s) [2, T, bn] each, one per side
+    logits, _, _ = tile_logits(r, b)
+    side = block_is_pos[b]
+    m, s = _merge(rows[0][side.astype(jnp.int32)], rows[1][side.astype(jnp.int32)],
+                  *(v[..., 0] for v in _normalizer(logits, -1)))
+    rows = tuple(jnp.where(side, jnp.stack([old[0], new]), jnp.stack([new, old[1]]))
+                 for old, new in zip(rows, (m, s)))
+    return rows, tuple(v[:, 0] for v in _normalizer(logits, -2))     # [T, bt] each
+
+  def merge_cols(cols, parts):  # parts: [num_cols, T, bt] each -> [T, num_cols * bt]
+    flat = (p.transpose(1, 0, 2).reshape(num_t, -1) for p in parts)
+    return _merge(*cols, *flat)
+
+  empty = lambda *shape: (jnp.zeros(shape), jnp.zeros(shape))       # m = 0, s = 0
+  (row_m, row_s), (col_m, col_s) = _over_tiles(
+      num_rows, num_cols, stats_tile, empty(2, num_t, bn), empty(num_t, tp.shape[0]),
+      merge_cols)                                                     # [R, 2, T, bn], [T, Lp]
+  if spec.normalization == "bidirectional":  # one row softmax over both sides
+    row_m, row_s = _merge(row_m[:, :1], row_s[:, :1], row_m[:, 1:], row_s[:, 1:])
+
+  def sum_tile(r, b, acc):
+    s, ay = acc                                                       # [2,T,bn], [2,T,bn,D]
+    logits, tb, lw = tile_logits(r, b)
+    side = block_is_pos[b].astype(jnp.int32)
+    if spec.normalization == "mean_shift":
+      a = jnp.exp(_log_normalized(logits, row_m[r, side][..., None], row_s[r, side][..., None]))
+    else:
+      cm, cs = (jax.lax.dynamic_slice_in_dim(v, b * bt, bt, axis=1)[:, None] for v in
+                (col_m, col_s))
+      log_a = 0.5 * (_log_normalized(logits, row_m[r, 0][..., None], row_s[r, 0][..., None])
+                     + _log_normalized(logits, cm, cs))
+      a = _floored(jnp.exp(log_a), lw, spec.floor)
+    one_hot = (jnp.arange(2) == side)[:, None, None]
+    s = s + one_hot * jnp.sum(a, -1)[None]
+    ay = ay + one_hot[..., None] * jnp.einsum("tnl,ld->tnd", a, tb)[None]
+    return (s, ay), ()
+
+  (s, ay), _ = _over_tiles(
+      num_rows, num_cols, sum_tile,
+      (jnp.zeros((2, num_t, bn)), jnp.zeros((2, num_t, bn, d))), (), lambda c, p: ())
+  # [R, 2, T, bn(, D)] -> [2, T, n(, D)]
+  s = s.transpose(1, 2, 0, 3).reshape(2, num_t, -1)[..., :n]
+  ay = ay.transpose(1, 2, 0, 3, 4).reshape(2, num_t, -1, d)[:, :, :n]
+  pull = ay - s[..., None] * x[None, None]                            # Σ a (y − x), per side
+  if spec.normalization == "mean_shift":
+    return pull[1] - pull[0]
+  return s[0][..., None] * pull[1] - s[1][..., None] * pull[0]
+
+
+def _fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, spec: _FieldSpec,
+            self_neg: bool, neg_logw: Array | None = None, pos_logw: Array | None = None,
+            d2: Array | None = None) -> Array:
+  """Fields at x for each temperature, [T, N, D]; negatives [x (if self_neg); y_neg].
+
+  d2: the distance matrix from x to these targets, when the caller already has it.
+  """
+  n, m = x.shape[0], y_pos.shape[0]
+  negs = ([x] if self_neg else []) + ([] if y_neg is None else [y_neg])
+  lws = ([jnp.zeros((n,))] if self_neg else []) + (
+      [] if y_neg is None else [_log_weights(None, y_neg.shape[0]) if neg_logw is None
+                                else neg_logw])
+  num_neg = sum(a.shape[0] for a in negs)
+  targets = jnp.concatenate(negs + [y_pos])
+  logw = jnp.concatenate(lws + [jnp.zeros((m,)) if pos_logw is None else pos_logw])
+  # The field is translation invariant: centring on the batch mean keeps ‖x‖² small in the
+  # distance matmul and in Σ a y − (Σ a) x.
+  c = jnp.mean(x, axis=0)
+  x, targets = x - c, targets - c
+  if spec.impl == "streaming":
+    return _streaming_fields(x, targets, logw, temps, num_neg=num_neg, self_neg=self_neg,
+                             spec=spec)
+  if d2 is None:
+    d2 = _sq_dist(x, targets)
+  return _dense_fields(x, targets, logw, temps, d2, num_neg=num_neg, self_neg=self_neg,
+                       spec=spec)
+
+
+def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_lookahead: int,
+           step_size: Array | float, spec: _FieldSpec, neg_logw: Array | None = None,
+           pos_logw: Array | None = None, d2: Array | None = None) -> Array:
+  """[K+1, T, N, D]: V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i (§3), negatives = x^i.
+
+  Term 0 of every temperature comes from one distance matrix; each temperature's later terms
+  run at its own pushed samples.
+  """
+  kw = dict(spec=spec, self_neg=True, neg_logw=neg_logw, pos_logw=pos_logw)
+  first = _fields(x, y_pos, y_neg, temps, d2=d2, **kw)               # [T, N, D]
+  if num_lookahead == 0:
+    return first[None]
+
+  def one_temperature(v0, t):
+    def step(xi, _):
+      v = _fields(xi, y_pos, y_neg, t[None], **kw)[0]
+      return xi + step_size * v, v
+
+    _, rest = jax.lax.scan(step, x + step_size * v0, None, length=num_lookahead)
+    return rest                                                       # [K, N, D]
+
+  rest = jax.vmap(one_temperature, out_axes=1)(first, temps)         # [K, T, N, D]
+  return jnp.concatenate([first[None], rest])
 
 
 # ---------------------------------------------------------------------------------------------
 # Public pure functions.
 
 
+def _field_spec(kernel, normalization, floor, impl, block_size, n, num_targets) -> _FieldSpec:
+  if impl == "auto":  # the dense matrices of one temperature past ~256 MiB: stream
+    impl = "dense" if 4 * n * num_targets * 5 <= 256 * 2**20 else "streaming"
+  return _FieldSpec(kernel=kernel, normalization=normalization, floor=float(floor), impl=impl,
+                    block_size=int(block_size))
+
+
+def _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights) -> None:
+  _check_shape("x", x, (None, None), "num_samples, dim")
+  _check_shape("y_pos", y_pos, (None, x.shape[1]), "num_positives, dim of x")
+  if y_neg is not None:
+    _check_shape("y_neg", y_neg, (None, x.shape[1]), "num_negatives, dim of x")
+  _check_positive("temperature", temperature)
+  if pos_weights is not None:
+    _check_shape("pos_weights", pos_weights, (y_pos.shape[0],), "one per positive")
+  if neg_weights is not None:
+    if y_neg is None:
+      raise ValueError("neg_weights given without negatives to weigh")
+    _check_shape("neg_weights", neg_weights, (y_neg.shape[0],), "one per negative")
+
+
+@jax.jit(static_argnames=("self_neg", "spec", "num_lookahead"))
+def _chain_jit(x, y_pos, y_neg, temperature, step_size, pos_weights, neg_weights, *,
+               self_neg, spec, num_lookahead):
+  logw = lambda w, a: None if a is None or w is None else _log_weights(w, a.shape[0])
+  kw = dict(spec=spec, neg_logw=logw(neg_weights, y_neg), pos_logw=logw(pos_weights, y_pos))
+  temps = jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,))
+  if not self_neg:  # a single field with explicit negatives only
+    return _fields(x, y_pos, y_neg, temps, self_neg=False, **kw)
+  return _chain(x, y_pos, y_neg, temps, num_lookahead=num_lookahead, step_size=step_size,
+                **kw)[:, 0]
+
+
 def drift_field(x: Array, y_pos: Array, y_neg: Array | None = None, *, temperature: float,
                 kernel: str = "laplace", normalization: str = "mean_shift", floor: float = 0.0,
-                pos_weights: Array | None = None, neg_weights: Array | None = None) -> Array:
+                pos_weights: Array | None = None, neg_weights: Array | None = None,
+                impl: str = "auto", block_size: int = 1024) -> Array:
   """The drifting field V_{p,q}(x) of drifting.md §2, [N, D].
 
   Args:
@@ -183,37 +410,24 @@ def drift_field(x: Array, y_pos: Array, y_neg: Array | None = None, *, temperatu
     floor: lower bound on the product of the two softmaxes in "bidirectional" (the official
       code uses 1e-6); 0 is the exact field.
     pos_weights, neg_weights: optional per-target weights (multiply the kernel).
+    impl: "dense", "streaming" (tiles of `block_size`; never forms N x L) or "auto".
   """
   x, y_pos = jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32)
   y_neg = None if y_neg is None else jnp.asarray(y_neg, jnp.float32)
-  _check_field_args(x, y_pos, y_neg, temperature, kernel, normalization, floor, pos_weights,
-                    neg_weights)
-  return _field_jit(x, y_pos, y_neg, self_negatives=y_neg is None, temperature=temperature,
-                kernel=kernel, normalization=normalization, floor=floor,
-                pos_weights=pos_weights, neg_weights=neg_weights)
-
-
-def _chain(x: Array, y_pos: Array, extra_negatives: Array | None, *, num_lookahead: int,
-           step_size: float, **field_kw) -> Array:
-  """[k+1, N, D] terms V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i (§3), negatives = x^i."""
-
-  def step(xi, _):
-    v = _field(xi, y_pos, extra_negatives, self_negatives=True, **field_kw)
-    return xi + step_size * v, v
-
-  _, terms = jax.lax.scan(step, x, None, length=num_lookahead + 1)
-  return terms
-
-
-_chain_jit = jax.jit(_chain, static_argnames=("num_lookahead", "kernel", "normalization",
-                                              "floor"))
+  _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights)
+  num_targets = y_pos.shape[0] + (x.shape[0] if y_neg is None else y_neg.shape[0])
+  spec = _field_spec(kernel, normalization, floor, impl, block_size, x.shape[0], num_targets)
+  out = _chain_jit(x, y_pos, y_neg, temperature, 1.0, pos_weights, neg_weights,
+                   self_neg=y_neg is None, spec=spec, num_lookahead=0)
+  return out[0]
 
 
 def lookahead_drift(x: Array, y_pos: Array, *, num_lookahead: int, temperature: float,
                     kernel: str = "laplace", normalization: str = "mean_shift",
                     step_size: float = 1.0, floor: float = 0.0,
                     extra_negatives: Array | None = None, neg_weights: Array | None = None,
-                    pos_weights: Array | None = None) -> Array:
+                    pos_weights: Array | None = None, impl: str = "auto",
+                    block_size: int = 1024) -> Array:
   """The lookahead chain of drifting.md §3 (lookahead paper eq. 7), [num_lookahead + 1, N, D].
 
   Term i is the drifting field at x^i, where x^0 = x and x^{i+1} = x^i + step_size · V_i. The
@@ -221,19 +435,16 @@ def lookahead_drift(x: Array, y_pos: Array, *, num_lookahead: int, temperature: 
   `extra_negatives` [L, D] (with `neg_weights`), which stay where they are.
   `num_lookahead=0` is the original drifting model: `[drift_field(x, y_pos)]`.
   """
-  if isinstance(num_lookahead, bool) or not isinstance(num_lookahead, (int, np.integer)):
+  if isinstance(num_lookahead, bool) or not isinstance(num_lookahead, (int, np.integer)) \
+      or num_lookahead < 0:
     raise ValueError(f"num_lookahead must be a non-negative int, got {num_lookahead!r}")
-  if num_lookahead < 0:
-    raise ValueError(f"num_lookahead must be >= 0, got {num_lookahead}")
   x, y_pos = jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32)
-  if extra_negatives is not None:
-    extra_negatives = jnp.asarray(extra_negatives, jnp.float32)
-  _check_field_args(x, y_pos, extra_negatives, temperature, kernel, normalization, floor,
-                    pos_weights, neg_weights)
-  return _chain_jit(x, y_pos, extra_negatives, num_lookahead=int(num_lookahead),
-                step_size=step_size, temperature=temperature, kernel=kernel,
-                normalization=normalization, floor=floor, pos_weights=pos_weights,
-                neg_weights=neg_weights)
+  extra = None if extra_negatives is None else jnp.asarray(extra_negatives, jnp.float32)
+  _check_field_args(x, y_pos, extra, temperature, pos_weights, neg_weights)
+  num_targets = x.shape[0] + y_pos.shape[0] + (0 if extra is None else extra.shape[0])
+  spec = _field_spec(kernel, normalization, floor, impl, block_size, x.shape[0], num_targets)
+  return _chain_jit(x, y_pos, extra, temperature, step_size, pos_weights, neg_weights,
+                    self_neg=True, spec=spec, num_lookahead=int(num_lookahead))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +455,11 @@ def lookahead_drift(x: Array, y_pos: Array, *, num_lookahead: int, temperature: 
 class LossConfig:
   """Settings of `drift_loss`; frozen and hashable, so it can be a static jit argument.
 
-  term_scaling: how the chain's terms are brought to comparable magnitudes before they are
-    weighted and summed: "none" (raw, as in eq. 6) or "unit_rms" (each term divided by its
-    RMS per dimension). term_weights: w_i, one per term (default all 1).
+  term_scaling: "none" (the raw sum of eq. 6) or "unit_rms" (each term divided by its RMS per
+    dimension before weighting: our extension, not the paper's). term_weights: w_i, one per
+    term (default all 1, as in eq. 6).
+  field_impl: "dense", "streaming" or "auto" (dense while one group's matrices fit
+    `memory_budget_mb`). group_chunk: feature groups per pass (0: as many as fit the budget).
   """
   temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
   kernel: str = "laplace"
@@ -258,29 +471,56 @@ class LossConfig:
   term_scaling: str = "none"
   feature_normalization: bool = True
   drift_normalization: bool = True
+  field_impl: str = "auto"
+  memory_budget_mb: float = 1024.0
+  group_chunk: int = 0
+  block_size: int = 1024
 
   def __post_init__(self):
     temps = tuple(float(t) for t in np.atleast_1d(self.temperatures))
     object.__setattr__(self, "temperatures", temps)
     if not temps or min(temps) <= 0:
       raise ValueError(f"temperatures must be a non-empty list of values > 0, got {temps}")
-    _check_choice("kernel", self.kernel, KERNELS)
-    _check_choice("normalization", self.normalization, NORMALIZATIONS)
     _check_choice("term_scaling", self.term_scaling, TERM_SCALINGS)
-    if not 0 <= self.floor < 1:
-      raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
+    _check_choice("field_impl", self.field_impl, FIELD_IMPLS)
+    self.field_spec(1, 1)  # checks kernel, normalization, floor, block_size
     if isinstance(self.num_lookahead, bool) or int(self.num_lookahead) != self.num_lookahead \
         or self.num_lookahead < 0:
       raise ValueError(f"num_lookahead must be a non-negative int, got {self.num_lookahead!r}")
     object.__setattr__(self, "num_lookahead", int(self.num_lookahead))
     if self.step_size <= 0:
       raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
+    if self.memory_budget_mb <= 0 or self.group_chunk < 0:
+      raise ValueError("memory_budget_mb must be > 0 and group_chunk >= 0, got "
+                       f"{self.memory_budget_mb!r}, {self.group_chunk!r}")
     if self.term_weights is not None:
       w = tuple(float(v) for v in self.term_weights)
       if len(w) != self.num_lookahead + 1:
         raise ValueError(f"term_weights needs num_lookahead + 1 = {self.num_lookahead + 1} "
                          f"values, got {len(w)}")
       object.__setattr__(self, "term_weights", w)
+
+  def _bytes_per_group(self, n: int, num_targets: int, impl: str) -> int:
+    """Rough peak of one group's field: a distance matrix plus ~3 [T, n, L] arrays per term."""
+    if impl == "streaming":
+      n, num_targets = min(n, self.block_size), min(num_targets, self.block_size)
+    return 4 * n * num_targets * (2 + 3 * len(self.temperatures))
+
+  def field_spec(self, n: int, num_targets: int) -> _FieldSpec:
+    """The field implementation for n generated samples against num_targets targets."""
+    impl = self.field_impl
+    if impl == "auto":
+      fits = self._bytes_per_group(n, num_targets, "dense") <= self.memory_budget_mb * 2**20
+      impl = "dense" if fits else "streaming"
+    return _FieldSpec(kernel=self.kernel, normalization=self.normalization,
+                      floor=self.floor, impl=impl, block_size=self.block_size)
+
+  def groups_per_pass(self, num_groups: int, n: int, num_targets: int) -> int:
+    """How many feature groups one pass processes: group_chunk, or what fits the budget."""
+    if self.group_chunk:
+      return min(self.group_chunk, num_groups)
+    per_group = self._bytes_per_group(n, num_targets, self.field_spec(n, num_targets).impl)
+    return int(max(1, min(num_groups, self.memory_budget_mb * 2**20 // per_group)))
 
 
 def _as_groups(feats: Any, name: str) -> dict[str, Array]:
@@ -294,9 +534,7 @@ def _as_groups(feats: Any, name: str) -> dict[str, Array]:
     f = jnp.asarray(f)
     if f.ndim == 2:
       f = f[None]
-    if f.ndim != 3:
-      raise ValueError(f"{name}[{key!r}] must have shape [groups, samples, dim] or "
-                       f"[samples, dim], got {f.shape}")
+    _check_shape(f"{name}[{key!r}]", f, (None, None, None), "groups, samples, dim")
     out[key] = f.astype(jnp.float32)
   return out
 
@@ -306,15 +544,25 @@ def _rms(v: Array, axes: tuple[int, ...]) -> Array:
   return jnp.sqrt(jnp.mean(jnp.square(v), axis=axes, keepdims=True) + _EPS)
 
 
-def _feature_scale(x: Array, targets: Array, target_w: Array) -> Array:
-  """Mean distance from generated features to every target (the batch itself included), / √D."""
+def _mean_distance(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Array:
+  """Σ_ij w_j ‖x_i − t_j‖ / (N Σ w) for one group; tile by tile when streaming."""
+  c = jnp.mean(x, axis=0)
+  x, targets = x - c, targets - c
+  denom = x.shape[0] * jnp.sum(w)
+  if spec.impl == "dense":
+    return jnp.sum(_dist(_sq_dist(x, targets)) * w) / denom
+  xp, tp, _, row_ok, _, _, bn, bt = _tiled(x, targets, w, targets.shape[0], spec.block_size)
+  wp = _pad(w, tp.shape[0], 0.0)
 
-  def one_group(xg, tg):
-    return jnp.sum(_cost(xg, tg, "laplace") * target_w[None, :]) / (
-        xg.shape[0] * jnp.sum(target_w))
+  def tile(r, b, acc):
+    xr = jax.lax.dynamic_slice_in_dim(xp, r * bn, bn)
+    ok = jax.lax.dynamic_slice_in_dim(row_ok, r * bn, bn)
+    d = _dist(_sq_dist(xr, jax.lax.dynamic_slice_in_dim(tp, b * bt, bt)))
+    return acc + jnp.sum(d * ok[:, None] * jax.lax.dynamic_slice_in_dim(wp, b * bt, bt)), ()
 
-  mean_dist = jnp.mean(jax.vmap(one_group)(x, targets))
-  return jnp.maximum(mean_dist / math.sqrt(x.shape[-1]), _EPS)
+  sums, _ = _over_tiles(xp.shape[0] // bn, tp.shape[0] // bt, tile, jnp.float32(0.0), (),
+                        lambda c, p: ())
+  return jnp.sum(sums) / denom
 
 
 def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
@@ -324,45 +572,67 @@ def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
   # Only the generated features carry gradient: targets, scale and the chain are constants.
   xs, pos = jax.lax.stop_gradient(x), jax.lax.stop_gradient(pos)
   neg = None if neg is None else jax.lax.stop_gradient(neg)
-  if cfg.feature_normalization:
-    parts, weights = [xs, pos], [jnp.ones((n + pos.shape[1],))]
-    if neg is not None:
-      parts.append(neg)
-      weights.append(jnp.ones((neg.shape[1],)) if neg_w is None else neg_w)
-    scale = _feature_scale(xs, jnp.concatenate(parts, 1), jnp.concatenate(weights))
-    # τ acts on distances divided by their mean: on features divided by `scale` (mean
-    # distance √D) that is τ√D for the laplace kernel and τD for the gaussian one.
-    temp_factor = math.sqrt(d) if cfg.kernel == "laplace" else float(d)
+  num_l = 0 if neg is None else neg.shape[1]
+  num_targets = n + num_l + pos.shape[1]
+  spec = cfg.field_spec(n, num_targets)
+  chunk = cfg.groups_per_pass(g, n, num_targets)
+  neg_logw = None if neg is None else _log_weights(neg_w, num_l)
+  # Target order [x; neg; pos] as in `_fields`; the scale weighs targets like the kernel does.
+  target_w = jnp.concatenate([jnp.ones((n,)), jnp.ones((num_l,)) if neg_w is None else neg_w,
+                              jnp.ones((pos.shape[1],))])
+
+  def targets_of(xg, pg, ng):
+    return jnp.concatenate([xg] + ([] if ng is None else [ng]) + [pg])
+
+  def chain(xg, pg, ng, scale, d2=None):
+    # τ acts on distances divided by their mean (scale·√D): with raw features that is
+    # τ·√D·scale for the laplace kernel and τ·D·scale² for the gaussian one.
+    temps = jnp.asarray(cfg.temperatures, jnp.float32)
+    if cfg.feature_normalization:
+      temps = temps * (math.sqrt(d) * scale if cfg.kernel == "laplace" else d * scale**2)
+    return _chain(xg, pg, ng, temps, num_lookahead=cfg.num_lookahead,
+                  step_size=cfg.step_size, spec=spec, neg_logw=neg_logw,
+                  d2=d2) / scale                                   # [K+1, T, N, D]
+
+  if not cfg.feature_normalization:
+    scale_of = lambda mean_dist: jnp.float32(1.0)
   else:
-    scale, temp_factor = jnp.float32(1.0), 1.0
-  xn, posn = x / scale, pos / scale
-  negn = None if neg is None else neg / scale
-  temps = jnp.asarray(cfg.temperatures, jnp.float32) * temp_factor
+    scale_of = lambda mean_dist: jnp.maximum(jnp.mean(mean_dist) / math.sqrt(d), _EPS)
+  groups = (xs, pos, neg)
+  if chunk >= g and spec.impl == "dense":
+    # One pass: the distance matrices give the scale and every temperature's first term.
+    def dists(xg, pg, ng):
+      t = targets_of(xg, pg, ng)
+      c = jnp.mean(xg, axis=0)
+      return _sq_dist(xg - c, t - c)
 
-  def chain(xg, pg, ng, t):
-    return _chain(xg, pg, ng, num_lookahead=cfg.num_lookahead, step_size=cfg.step_size,
-                  temperature=t, kernel=cfg.kernel, normalization=cfg.normalization,
-                  floor=cfg.floor, neg_weights=neg_w)
-
-  over_groups = jax.vmap(chain, in_axes=(0, 0, None if negn is None else 0, None))
-  terms = jax.vmap(over_groups, in_axes=(None, None, None, 0))(
-      jax.lax.stop_gradient(xn), posn, negn, temps)  # [T, G, K+1, N, D]
-  term_rms = _rms(terms, (1, 3, 4))                    # [T, 1, K+1, 1, 1]
+    d2 = jax.vmap(dists)(*groups)                                    # [G, N, L]
+    scale = scale_of(jnp.sum(_dist(d2) * target_w, (1, 2)) / (n * jnp.sum(target_w)))
+    terms = jax.vmap(lambda xg, pg, ng, dg: chain(xg, pg, ng, scale, dg))(*groups, d2)
+  else:
+    # Chunks of groups that fit the budget: a first pass for the scale, then the fields.
+    mean_dist = jax.lax.map(lambda a: _mean_distance(a[0], targets_of(*a), target_w, spec),
+                            groups, batch_size=chunk)
+    scale = scale_of(mean_dist)
+    terms = jax.lax.map(lambda a: chain(*a, scale), groups, batch_size=chunk)
+  # terms: [G, K+1, T, N, D], in normalised feature space.
+  term_rms = _rms(terms, (0, 3, 4))                                  # [1, K+1, T, 1, 1]
   if cfg.term_scaling == "unit_rms":
     terms = terms / term_rms
   w = jnp.asarray(cfg.term_weights or (1.0,) * (cfg.num_lookahead + 1), jnp.float32)
-  per_temp = jnp.einsum("tgknd,k->tgnd", terms, w)
-  temp_rms = _rms(per_temp, (1, 2, 3))                 # [T, 1, 1, 1]
+  per_temp = jnp.einsum("gktnd,k->gtnd", terms, w)
+  temp_rms = _rms(per_temp, (0, 2, 3))                               # [1, T, 1, 1]
   if cfg.drift_normalization:
     per_temp = per_temp / temp_rms
-  target = jax.lax.stop_gradient(xn + jnp.sum(per_temp, axis=0))
-  err = jnp.mean(jnp.square(xn - target), axis=-1)   # [G, N]
+  xn = x / scale
+  target = jax.lax.stop_gradient(xn + jnp.sum(per_temp, axis=1))
+  err = jnp.mean(jnp.square(xn - target), axis=-1)                   # [G, N]
   loss = jnp.sum(jnp.mean(err * sample_w[None, :], axis=1))
   metrics = {"feature_scale": scale}
   for i in range(cfg.num_lookahead + 1):
-    metrics[f"drift_rms/term{i}"] = jnp.mean(term_rms[:, 0, i])
+    metrics[f"drift_rms/term{i}"] = jnp.mean(term_rms[0, i])
   for j, t in enumerate(cfg.temperatures):
-    metrics[f"drift_rms/temp{t:g}"] = temp_rms[j, 0, 0, 0]
+    metrics[f"drift_rms/temp{t:g}"] = temp_rms[0, j, 0, 0]
   return loss, metrics
 
 
@@ -386,23 +656,21 @@ def drift_loss(gen_feats: Any, pos_feats: Any, *, config: LossConfig = LossConfi
     raise ValueError(f"pos_feats/neg_feats must have the groups of gen_feats {sorted(gen)}, got "
                      f"{sorted(pos)} / {sorted(neg)}")
   n = next(iter(gen.values())).shape[1]
-  _check_weights("sample_weights", sample_weights, n)
-  sample_w = jnp.ones((n,)) if sample_weights is None else jnp.asarray(sample_weights,
-                                                                         jnp.float32)
+  if sample_weights is not None:
+    _check_shape("sample_weights", sample_weights, (n,), "one per generated sample")
   if neg_weights is not None and not neg:
     raise ValueError("neg_weights given without neg_feats")
   for key, x in gen.items():
-    p, ng = pos[key], neg.get(key)
-    if x.shape[1] != n:
-      raise ValueError(f"gen_feats[{key!r}] has {x.shape[1]} samples, expected {n}")
-    if p.shape[0] != x.shape[0] or p.shape[2] != x.shape[2]:
-      raise ValueError(f"pos_feats[{key!r}] has shape {p.shape}, incompatible with gen_feats "
-                       f"{x.shape}: groups and feature dimension must match")
-    if ng is not None:
-      if ng.shape[0] != x.shape[0] or ng.shape[2] != x.shape[2]:
-        raise ValueError(f"neg_feats[{key!r}] has shape {ng.shape}, incompatible with "
-                         f"gen_feats {x.shape}")
-      _check_weights("neg_weights", neg_weights, ng.shape[1])
+    _check_shape(f"gen_feats[{key!r}]", x, (None, n, None), "groups, samples, dim")
+    _check_shape(f"pos_feats[{key!r}]", pos[key], (x.shape[0], None, x.shape[2]),
+                 "groups and dim of gen_feats")
+    if key in neg:
+      _check_shape(f"neg_feats[{key!r}]", neg[key], (x.shape[0], None, x.shape[2]),
+                   "groups and dim of gen_feats")
+      if neg_weights is not None:
+        _check_shape("neg_weights", neg_weights, (neg[key].shape[1],), "one per negative")
+  sample_w = jnp.ones((n,)) if sample_weights is None else jnp.asarray(sample_weights,
+                                                                         jnp.float32)
   neg_w = None if neg_weights is None else jnp.asarray(neg_weights, jnp.float32)
   return _loss(gen, pos, neg, neg_w, sample_w, config)
 

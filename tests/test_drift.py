@@ -116,6 +116,19 @@ def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
 # ---------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True, params=["dense", "streaming"])
+def field_impl(request, monkeypatch):
+  """Every test runs with the dense field and with the streaming one in tiles of 3 (uneven
+  last tiles, tiles smaller than either side), whatever the library would pick."""
+  if request.param == "streaming":
+    spec = drift._FieldSpec
+    monkeypatch.setattr(drift, "_FieldSpec",
+                        lambda **kw: spec(**{**kw, "impl": "streaming", "block_size": 3}))
+  jax.clear_caches()  # jitted losses are cached per LossConfig, whatever the implementation
+  yield request.param
+  jax.clear_caches()
+
+
 def points(seed, n, d, shift=0.0, scale=1.0):
   return np.random.default_rng(seed).normal(shift, scale, size=(n, d)).astype(np.float32)
 
@@ -323,3 +336,4 @@ def test_single_sample_without_negatives_is_finite():
 def test_bad_arguments_name_the_argument(call, match):
   with pytest.raises(ValueError, match=match):
     call(points(26, 5, 3), points(27, 4, 3))
+

@@ -1,0 +1,64 @@
+"""The field implementations (dense, streaming), group chunks and the memory budget of
+lookahead_drift.drift, against each other and the float64 reference of test_drift.py."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lookahead_drift import drift
+from test_drift import assert_close, ref_chain, ref_loss
+
+
+def test_streaming_matches_dense_and_reference_at_tile_edges():
+  rng = np.random.default_rng(40)
+  for n, m, l, block in [(7, 5, 0, 4), (8, 8, 3, 4), (9, 13, 5, 16), (5, 11, 2, 1)]:
+    x, y = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(1, 1, (m, 6)).astype(np.float32)
+    extra = rng.normal(-1, 1, (l, 6)).astype(np.float32) if l else None
+    w = np.linspace(0.0, 2.0, l).astype(np.float32) if l else None  # w[0] = 0
+    for norm in drift.NORMALIZATIONS:
+      kw = dict(num_lookahead=1, temperature=0.3, normalization=norm, floor=1e-6,
+                extra_negatives=extra, neg_weights=w)
+      dense = drift.lookahead_drift(x, y, impl="dense", **kw)
+      stream = drift.lookahead_drift(x, y, impl="streaming", block_size=block, **kw)
+      assert_close(stream, dense, rtol=2e-5)
+      assert_close(stream, ref_chain(x, y, k=1, tau=0.3, extra=extra, neg_w=w,
+                                     normalization=norm, floor=1e-6))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_group_chunks_match_one_pass(chunk):
+  rng = np.random.default_rng(41)
+  x, pos = rng.normal(size=(5, 9, 4)), rng.normal(0.5, 1, (5, 7, 4))
+  cfg = drift.LossConfig(num_lookahead=1)
+  one, m1 = drift.drift_loss(x, pos, config=cfg)
+  chunked, m2 = drift.drift_loss(x, pos, config=dataclasses.replace(cfg, group_chunk=chunk))
+  np.testing.assert_allclose(chunked, one, rtol=1e-5)
+  np.testing.assert_allclose(m2["feature_scale/features"], m1["feature_scale/features"],
+                             rtol=1e-6)
+  assert_close(one, ref_loss(x, pos, cfg=cfg), rtol=1e-4)
+
+
+def test_budget_picks_chunks_and_streaming():
+  cfg = drift.LossConfig(memory_budget_mb=1.0)  # 1 MiB
+  assert cfg.field_spec(64, 128).impl == "dense"
+  assert cfg.groups_per_pass(100, 64, 128) == 2**20 // (4 * 64 * 128 * 11)
+  assert cfg.field_spec(1024, 2048).impl == "streaming"
+  assert drift.LossConfig(group_chunk=7).groups_per_pass(100, 64, 128) == 7
+  assert drift.LossConfig(field_impl="dense", memory_budget_mb=1.0).field_spec(
+      1024, 2048).impl == "dense"
+
+
+def test_dense_flops_are_one_distance_and_one_affinity_product_per_temperature():
+  """k = 0: XLA's FLOP count within 10 % of 1 + T products of N x (N + M) x D."""
+  g, n, m, d = 1, 128, 128, 512
+  cfg = drift.LossConfig()
+  x = jnp.zeros((g, n, d))
+  y = jnp.zeros((g, m, d))
+  compiled = drift._loss.lower({"f": x}, {"f": y}, {}, None, jnp.ones((n,)),
+                               cfg).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  floor = (1 + len(cfg.temperatures)) * 2 * g * n * (n + m) * d
+  assert floor <= cost["flops"] <= 1.1 * floor, cost["flops"] / floor
