@@ -164,28 +164,49 @@ def _floored(a: Array, logw: Array, floor: float) -> Array:
 
 def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array, *,
                   num_neg: int, self_neg: bool, spec: _FieldSpec) -> Array:
-  """Fields [T, N, D] from the full distance matrix d2 [N, L] (shared by all temperatures)."""
-  n = x.shape[0]
-  keep = None
+  """Fields [T, N, D] from the full distance matrix d2 [N, L] (shared by all temperatures).
+
+  Softmax shifts come from the smallest cost of each row and column, found once for every
+  temperature: −min cost / τ is the largest logit of a column exactly, and of a row exactly
+  when the targets are unweighted (with weights w <= 1 an upper bound; weights far below 1 on
+  every near target could underflow a row, which the training loss never produces).
+  """
+  n, num_targets = x.shape[0], targets.shape[0]
+  valid = jnp.broadcast_to(logw > _NEG_INF, (n, num_targets))
   if self_neg:
-    keep = ~_self_mask(jnp.arange(n), jnp.arange(targets.shape[0]), True)
-  logits = _logits(_cost(d2, spec.kernel), logw, temps, keep)     # [T, N, L]
-  is_pos = jnp.arange(targets.shape[0]) >= num_neg                 # [L]
+    valid = valid & ~_self_mask(jnp.arange(n), jnp.arange(num_targets), True)
+  cost = jnp.where(valid, _cost(d2, spec.kernel), jnp.inf)         # [N, L], inf: no target
+  inv_t = 1.0 / temps[:, None, None]
+
+  def shifted_exp(c: Array, lw: Array | float, axis: int, power: float) -> Array:
+    """exp(power · (lw − c/τ − its max along `axis`)), [T, ., .]: at most 1, no overflow."""
+    low = jnp.min(c, axis=axis, keepdims=True)
+    return jnp.exp(power * (lw - (c - jnp.where(jnp.isfinite(low), low, 0.0))[None] * inv_t))
+
+  def normalized(e: Array, total: Array) -> Array:
+    return e / jnp.where(total > 0, total, 1.0)
+
+  t_neg, t_pos = targets[:num_neg], targets[num_neg:]
   if spec.normalization == "mean_shift":  # a row softmax on each side
-    neg, pos = _normalizer(logits[..., :num_neg], -1), _normalizer(logits[..., num_neg:], -1)
-    m, s = (jnp.where(is_pos, p, q) for p, q in zip(pos, neg))
-    # Σ_j sign_j a_ij (y_j − x_i) with sign +1 on positives, −1 on negatives.
-    coef = jnp.where(is_pos, 1.0, -1.0) * jnp.exp(_log_normalized(logits, m, s))
+    a_neg, a_pos = (normalized(e, jnp.sum(e, -1, keepdims=True)) for e in (
+        shifted_exp(cost[:, :num_neg], logw[:num_neg], -1, 1.0),
+        shifted_exp(cost[:, num_neg:], logw[num_neg:], -1, 1.0)))
+    s_neg = s_pos = 1.0
   else:
-    log_a = 0.5 * (_log_normalized(logits, *_normalizer(logits, -1))
-                   + _log_normalized(logits, *_normalizer(logits, -2)))
-    a = _floored(jnp.exp(log_a), logw, spec.floor)
-    s_pos = jnp.sum(jnp.where(is_pos, a, 0.0), -1, keepdims=True)
-    s_neg = jnp.sum(a, -1, keepdims=True) - s_pos
-    coef = a * jnp.where(is_pos, s_neg, -s_pos)
-  # One matmul for all temperatures: Σ_j c_ij y_j − (Σ_j c_ij) x_i.
-  pulled = jnp.einsum("tnl,ld->tnd", coef, targets, precision=jax.lax.Precision.HIGHEST)
-  return pulled - jnp.sum(coef, -1)[..., None] * x[None]
+    # sqrt(row softmax x column softmax) from exp of half the logits, one exp per entry and
+    # softmax; log w is constant along a column, so the column softmax ignores it.
+    e_row, e_col = shifted_exp(cost, logw, -1, 0.5), shifted_exp(cost, 0.0, -2, 0.5)
+    a = (normalized(e_row, jnp.sqrt(jnp.sum(jnp.square(e_row), -1, keepdims=True)))
+         * normalized(e_col, jnp.sqrt(jnp.sum(jnp.square(e_col), -2, keepdims=True))))
+    a = _floored(a, logw, spec.floor)                                 # [T, N, L]
+    a_neg, a_pos = a[..., :num_neg], a[..., num_neg:]
+    s_neg, s_pos = (jnp.sum(v, -1, keepdims=True) for v in (a_neg, a_pos))
+
+
+  def pull(a: Array, t: Array) -> Array:  # Σ_j a_ij (t_j − x_i), every temperature at once
+    return jnp.einsum("tnl,ld->tnd", a, t) - jnp.sum(a, -1, keepdims=True) * x[None]
+
+  return s_neg * pull(a_pos, t_pos) - s_pos * pull(a_neg, t_neg)
 
 
 def _pad(a: Array, size: int, value: float) -> Array:
@@ -460,6 +481,9 @@ class LossConfig:
     term (default all 1, as in eq. 6).
   field_impl: "dense", "streaming" or "auto" (dense while one group's matrices fit
     `memory_budget_mb`). group_chunk: feature groups per pass (0: as many as fit the budget).
+  memory_budget_mb: the most the kernel matrices of one pass may hold (0: 2 GiB on CPU,
+    8 GiB on accelerators); one group beyond it streams. On CPU passes are further cut to
+    32 MiB, which stay in cache and run about twice as fast as one large pass.
   """
   temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
   kernel: str = "laplace"
@@ -472,7 +496,7 @@ class LossConfig:
   feature_normalization: bool = True
   drift_normalization: bool = True
   field_impl: str = "auto"
-  memory_budget_mb: float = 1024.0
+  memory_budget_mb: float = 0.0
   group_chunk: int = 0
   block_size: int = 1024
 
@@ -490,8 +514,8 @@ class LossConfig:
     object.__setattr__(self, "num_lookahead", int(self.num_lookahead))
     if self.step_size <= 0:
       raise ValueError(f"step_size must be > 0, got {self.step_size!r}")
-    if self.memory_budget_mb <= 0 or self.group_chunk < 0:
-      raise ValueError("memory_budget_mb must be > 0 and group_chunk >= 0, got "
+    if self.memory_budget_mb < 0 or self.group_chunk < 0:
+      raise ValueError("memory_budget_mb and group_chunk must be >= 0, got "
                        f"{self.memory_budget_mb!r}, {self.group_chunk!r}")
     if self.term_weights is not None:
       w = tuple(float(v) for v in self.term_weights)
@@ -499,6 +523,11 @@ class LossConfig:
         raise ValueError(f"term_weights needs num_lookahead + 1 = {self.num_lookahead + 1} "
                          f"values, got {len(w)}")
       object.__setattr__(self, "term_weights", w)
+
+  def budget_bytes(self, per_pass: bool = False) -> float:
+    cpu = jax.default_backend() == "cpu"
+    budget = (self.memory_budget_mb or (2048 if cpu else 8192)) * 2**20
+    return min(budget, 32 * 2**20) if per_pass and cpu else budget
 
   def _bytes_per_group(self, n: int, num_targets: int, impl: str) -> int:
     """Rough peak of one group's field: a distance matrix plus ~3 [T, n, L] arrays per term."""
@@ -510,7 +539,7 @@ class LossConfig:
     """The field implementation for n generated samples against num_targets targets."""
     impl = self.field_impl
     if impl == "auto":
-      fits = self._bytes_per_group(n, num_targets, "dense") <= self.memory_budget_mb * 2**20
+      fits = self._bytes_per_group(n, num_targets, "dense") <= self.budget_bytes()
       impl = "dense" if fits else "streaming"
     return _FieldSpec(kernel=self.kernel, normalization=self.normalization,
                       floor=self.floor, impl=impl, block_size=self.block_size)
@@ -520,7 +549,7 @@ class LossConfig:
     if self.group_chunk:
       return min(self.group_chunk, num_groups)
     per_group = self._bytes_per_group(n, num_targets, self.field_spec(n, num_targets).impl)
-    return int(max(1, min(num_groups, self.memory_budget_mb * 2**20 // per_group)))
+    return int(max(1, min(num_groups, self.budget_bytes(per_pass=True) // per_group)))
 
 
 def _as_groups(feats: Any, name: str) -> dict[str, Array]:

@@ -10,12 +10,14 @@ stage only, evaluated by masked-pixel MSE with a fixed mask seed). Both share on
 schedule, jitted step and logging loop; an objective supplies only the model, loss and eval.
 
 Writes DIR/encoder/{params/, config.json} (read by `encoder.create_feature_fn` with
-kind="conv", checkpoint=DIR/encoder). Only the encoder is kept; the head/decoder is dropped.
+kind="conv", checkpoint=DIR/encoder). A classifier is also kept whole in DIR/classifier
+(`load_classifier`), to judge the classes of generated samples.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -27,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import orbax.checkpoint as ocp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -315,9 +318,34 @@ def train_and_save(config: Any, workdir: str) -> dict[str, Any]:
                 train_config=config.to_dict())
   directory = encoder_lib.save_encoder(os.path.join(workdir, "encoder"),
                                        {"params": params["params"]["encoder"]}, record)
+  if objective.name == "classifier":  # whole model: it also judges samples' classes
+    encoder_lib.save_encoder(os.path.join(workdir, "classifier"), params,
+                             {**record, "num_classes": int(config.num_classes)})
   print(f"Saved encoder to {directory} (use encoder.kind='conv', "
         f"encoder.checkpoint='{directory}')", flush=True)
   return record
+
+
+def load_classifier(directory: str) -> Callable[[np.ndarray], np.ndarray]:
+  """The classifier that `train_and_save` kept in DIR/classifier, as uint8 images -> labels."""
+  path = os.path.join(os.path.abspath(directory), "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No classifier at {directory!r} (train_encoder with objective "
+                            "'classifier' writes WORKDIR/classifier).")
+  with open(path) as f:
+    record = json.load(f)
+  model = Classifier(tuple(record["widths"]), int(record["blocks_per_stage"]),
+                     int(record["num_classes"]))
+  abstract = jax.eval_shape(model.init, jax.random.key(0),
+                            jnp.zeros((1, *record["image_shape"]), jnp.float32))
+  params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), abstract)
+  predict = jax.jit(lambda x: jnp.argmax(model.apply(params, x), axis=-1))
+
+  def classify(images: np.ndarray) -> np.ndarray:
+    x = np.asarray(images, np.float32) / 127.5 - 1.0
+    return np.concatenate([np.asarray(predict(x[i:i + 1000])) for i in range(0, len(x), 1000)])
+
+  return classify
 
 
 def main(argv: Sequence[str]) -> None:

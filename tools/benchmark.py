@@ -28,6 +28,7 @@ of one setting in one row.
 
 import dataclasses
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -70,6 +71,17 @@ flags.DEFINE_enum("drift_mode", "grad", ["grad", "forward"],
                   "loss alone.")
 flags.DEFINE_integer("drift_steps", 10, "Timed calls per drift-loss grid point.")
 flags.DEFINE_integer("drift_warmup", 2, "Untimed calls per grid point after the first.")
+flags.DEFINE_list("compare_shapes", [],
+                  "Instead of the config's benchmarks: drift loss side by side (k = 0, value "
+                  "and gradient, interleaved calls) at these GxNxD shapes (N = M), for this "
+                  "library and the implementations named by --compare_official/--compare_before.")
+flags.DEFINE_string("compare_official", None,
+                    "Folder holding the official drifting code's drift_loss.py (read, not "
+                    "shipped: e.g. a checkout of lambertae/drifting).")
+flags.DEFINE_string("compare_before", None,
+                    "An earlier lookahead_drift/drift.py (e.g. `git show REV:lookahead_drift/"
+                    "drift.py > /tmp/drift_before.py`), timed as 'before'.")
+flags.DEFINE_integer("compare_steps", 7, "Timed calls per implementation and shape.")
 flags.DEFINE_list("summarize", [],
                   "Instead of measuring: print markdown tables combining these JSON reports "
                   "(repeated runs of the same setting side by side, with their median).")
@@ -303,6 +315,101 @@ def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[
   return results
 
 
+# ----------------------------------------------------------------------------- side by side
+
+
+def _load_module(name: str, path: str) -> Any:
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or not os.path.isfile(path):
+    raise app.UsageError(f"no Python file at {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[name] = module  # dataclasses look their module up while it is executed
+  spec.loader.exec_module(module)
+  return module
+
+
+class _JnpWithOldClip:
+  """jax.numpy, but clip takes the a_min/a_max keywords that jax 0.10 removed and that the
+  official code uses; they mean min/max. Nothing else differs."""
+
+  def __getattr__(self, name: str) -> Any:
+    return getattr(jnp, name)
+
+  @staticmethod
+  def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Any:
+    return jnp.clip(x, min=a_min, max=a_max)
+
+
+def drift_loss_variants(loss_config: drift.LossConfig, official_dir: str | None,
+                        before_path: str | None) -> dict[str, Callable[[Any, Any], Any]]:
+  """name -> loss(gen [G, N, D], pos [G, M, D]) for k = 0, each called as its code expects."""
+  variants = {"this": lambda g, p: drift.drift_loss(g, p, config=loss_config)[0]}
+  if before_path:
+    before = _load_module("drift_before", before_path)
+    fields = {f.name for f in dataclasses.fields(before.LossConfig)}
+    old_cfg = before.LossConfig(**{k: v for k, v in dataclasses.asdict(loss_config).items()
+                                   if k in fields})
+    variants["before"] = lambda g, p: before.drift_loss(g, p, config=old_cfg)[0]
+  if official_dir:
+    official = _load_module("official_drift_loss", os.path.join(official_dir, "drift_loss.py"))
+    official.jnp = _JnpWithOldClip()
+    temps = tuple(loss_config.temperatures)
+    # As its train.py calls it: rows = groups, weights 1; the loss summed over rows.
+    variants["official"] = lambda g, p: jnp.sum(official.drift_loss(
+        gen=g, fixed_pos=p, weight_gen=jnp.ones(g.shape[:2]), weight_pos=jnp.ones(p.shape[:2]),
+        R_list=temps)[0])
+  return variants
+
+
+def compare_drift_losses(variants: dict[str, Callable[[Any, Any], Any]],
+                         shapes: Sequence[tuple[int, int, int]], steps: int,
+                         seed: int = 0) -> list[dict[str, Any]]:
+  """Value and gradient w.r.t. the generated features, calls interleaved (A, B, C, B, C, A, ...)
+  so that load drifts hit every implementation alike; per shape: time, FLOPs, XLA temp."""
+  results = []
+  for g, n, d in shapes:
+    kg, kp = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), n * d + g))
+    gen = jax.random.normal(kg, (g, n, d), jnp.float32)
+    pos = jax.random.normal(kp, (g, n, d), jnp.float32) + 0.5
+    compiled, row = {}, {"shape": [g, n, d], "variants": {}}
+    for name, fn in variants.items():
+      exe, times = compile_timed(jax.jit(jax.value_and_grad(fn)), gen, pos)
+      jax.block_until_ready(exe(gen, pos))  # first run
+      compiled[name] = exe
+      row["variants"][name] = {**times, "xla_analysis": compiled_analysis(exe), "times": []}
+    names = list(compiled)
+    for i in range(steps):
+      for name in names[i % len(names):] + names[:i % len(names)]:
+        row["variants"][name]["times"].append(_timed(lambda: compiled[name](gen, pos))[1])
+    grads = {name: np.asarray(compiled[name](gen, pos)[1]) for name in names}
+    for name, v in row["variants"].items():
+      v["time"] = summarize(v.pop("times"))
+      ref = grads[names[-1]]
+      v["grad_rel_err_vs_" + names[-1]] = float(
+          np.max(np.abs(grads[name] - ref)) / max(np.max(np.abs(ref)), 1e-30))
+    row["floor_flops"] = (1 + len(drift.LossConfig().temperatures)) * 2 * g * n * 2 * n * d
+    results.append(row)
+    print(format_compare_table([row]).splitlines()[-1], flush=True)
+  return results
+
+
+def format_compare_table(rows: list[dict[str, Any]]) -> str:
+  names = list(rows[0]["variants"])
+  head = ["G x N x D"] + [f"{n} ms" for n in names] + [f"{n} / this" for n in names[1:]] + [
+      f"{n} FLOPs / floor" for n in names] + [f"{n} XLA temp" for n in names]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for r in rows:
+    v = r["variants"]
+    t = {n: v[n]["time"]["median_s"] for n in names}
+    flops = [v[n]["xla_analysis"]["flops"] for n in names]
+    cells = (["x".join(map(str, r["shape"]))] + [_ms(t[n]) for n in names]
+             + [f"{t[n] / t['this']:.2f}" for n in names[1:]]
+             + ["n/a" if f is None else f"{f / r['floor_flops']:.2f}" for f in flops]
+             + [_bytes(v[n]["xla_analysis"]["temp_bytes"]) for n in names])
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -415,6 +522,18 @@ def main(argv: Sequence[str]) -> None:
     return
   if FLAGS.config is None:
     raise app.UsageError("--config is required (unless --summarize is given).")
+  if FLAGS.compare_shapes:
+    shapes = [tuple(int(v) for v in s.split("x")) for s in FLAGS.compare_shapes]
+    loss_config = dataclasses.replace(train.create_loss_config(FLAGS.config), num_lookahead=0)
+    rows = compare_drift_losses(drift_loss_variants(loss_config, FLAGS.compare_official,
+                                                    FLAGS.compare_before),
+                                shapes, FLAGS.compare_steps)
+    print(format_compare_table(rows), flush=True)
+    if FLAGS.json:
+      with open(FLAGS.json, "w", encoding="utf-8") as f:
+        json.dump({"environment": environment(), "overrides": _overrides(sys.argv[1:]),
+                   "compare": rows}, f, indent=2)
+    return
   train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
   config = FLAGS.config
