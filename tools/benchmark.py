@@ -35,7 +35,6 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 import jax
 from jax.experimental import multihost_utils
@@ -47,6 +46,7 @@ import numpy as np
 # Run as a script from a checkout: make the package importable without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lookahead_drift import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -414,7 +414,7 @@ def main(argv: Sequence[str]) -> None:
     print(summarize_reports(FLAGS.summarize))
     return
   if FLAGS.config is None:
-    raise app.UsageError("--config is required (unless --summarize is given).")
+    raise cli.UserError("--config is required (unless --summarize is given).")
   train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
   config = FLAGS.config
@@ -462,4 +462,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run_absl(main)
