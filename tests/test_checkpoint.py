@@ -15,7 +15,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import checkpoint, metrics_io, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import checkpoint, cli, metrics_io, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OVERRIDES = {"num_steps": 3, "sample.every": 1000}
 
@@ -62,13 +62,16 @@ def test_incompatible_checkpoint_names_path_and_is_left_intact(trained, tmp_path
   before = _digest(workdir / "checkpoints")
   config = smoke_config(**{**OVERRIDES, "num_steps": 6})
   config.model.hidden = (16, 16)
+  with pytest.raises(cli.UserError, match=r"model.hidden: \[32, 32\] -> \[16, 16\]"):
+    train.train_and_evaluate(config, str(workdir))
   with pytest.raises(checkpoint.CheckpointError,
                      match=f"{workdir / 'checkpoints' / '3'}.*does not match"):
-    train.train_and_evaluate(config, str(workdir))
+    train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   assert _digest(workdir / "checkpoints") == before
 
 
-def test_sigterm_saves_then_relaunch_continues(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_3_then_relaunch_continues(tmp_path, signum):
   workdir = tmp_path / "run"
   metrics = workdir / "metrics.jsonl"
   proc = subprocess.Popen(
@@ -85,15 +88,17 @@ def test_sigterm_saves_then_relaunch_continues(tmp_path):
         break
       time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == cli.EXIT_PREEMPTED, err[-3000:]
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   last_logged = metrics_io.read_jsonl(str(metrics))[-1]["step"]
   assert saved == [last_logged] and last_logged >= 3
+  assert (f"preempted at step {last_logged} of 100000; relaunch the same command to continue"
+          in err.splitlines()[-1]) and "Traceback" not in err
 
   state = train.train_and_evaluate(smoke_config(num_steps=last_logged + 2, log_every=1),
                                    str(workdir))
