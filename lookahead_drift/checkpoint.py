@@ -128,9 +128,11 @@ def _check_compatible(path: str, stored: PyTree, target: PyTree) -> None:
         "use the config it was written with, or a new --workdir.")
 
 
-def _first_line(error: Exception) -> str:
-  text = str(error).strip().splitlines()
-  return f"{type(error).__name__}: {text[0] if text else ''}"
+def _first_line(error: Exception, limit: int = 300) -> str:
+  """The error's type and first line, without tensorstore's spec dump, at most `limit` chars."""
+  text = (str(error).strip().splitlines() or [""])[0].split(" [tensorstore_spec=")[0]
+  text = text if len(text) <= limit else text[:limit] + " ..."
+  return f"{type(error).__name__}: {text}"
 
 
 def _verify(path: str, restored: PyTree, integrity: dict[str, Any] | None) -> None:
@@ -159,9 +161,9 @@ def restore_with_extra(manager: ocp.CheckpointManager, target: PyTree,
     step = manager.latest_step()
     if step is None:
       return None
-  elif step not in manager.all_steps(read=True):
+  elif step not in manager.all_steps():
     raise CheckpointError(f"No checkpoint for step {step} in {manager.directory}; there are "
-                          f"{sorted(manager.all_steps(read=True))}.")
+                          f"{sorted(manager.all_steps())}.")
   path = step_dir(manager, step)
   advice = ("It was left untouched; move it away to restart from the previous one, or use a "
             "new --workdir.")
@@ -228,7 +230,7 @@ def restore_latest_good(manager: ocp.CheckpointManager, target: PyTree, quaranti
   checkpoint of a different train state (CheckpointError) is raised at once.
   """
   failures = []
-  for step in sorted(manager.all_steps(read=True), reverse=True):
+  for step in sorted(manager.all_steps(), reverse=True):
     try:
       restored = restore_with_extra(manager, target, step)
     except CorruptCheckpointError as e:

@@ -3,7 +3,8 @@
 Exit codes (all binaries): 0 done; 1 an unexpected error (with its traceback); 2 bad input
 (a config, flag, file or workdir the user can fix; one line); 3 preempted (SIGTERM/SIGINT:
 state saved, relaunch the same command to continue); 4 stopped on a non-finite loss or
-gradient (nothing non-finite saved).
+gradient (nothing non-finite saved); 130 interrupted by Ctrl-C where there was nothing to
+save (or by a second Ctrl-C while saving).
 """
 
 import logging
@@ -16,6 +17,7 @@ EXIT_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
 EXIT_NONFINITE = 4
+EXIT_INTERRUPTED = 130  # Ctrl-C where nothing needs saving (or a second Ctrl-C)
 VERBOSE_FLAG = "--verbose"
 
 
@@ -51,17 +53,13 @@ def _message(error: BaseException) -> str:
   return str(error) or type(error).__name__
 
 
-def report(error: BaseException, prog: str, verbose: bool) -> int:
-  """Prints a known error to stderr (message, hint; traceback if verbose); its exit code."""
-  code = exit_code(error)
-  if code is None:
-    raise error
+def report(error: BaseException, code: int, prog: str, verbose: bool) -> None:
+  """Prints a known error to stderr: its message and a hint, or its traceback if verbose."""
   if verbose:
     traceback.print_exception(error)
   print(f"{prog}: {_message(error)}", file=sys.stderr)
   if code == EXIT_USER_ERROR and not verbose:
     print(f"({VERBOSE_FLAG} shows the traceback)", file=sys.stderr)
-  return code
 
 
 def split_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -70,15 +68,17 @@ def split_verbose(argv: Sequence[str]) -> tuple[list[str], bool]:
   return rest, len(rest) != len(argv)
 
 
-def _quiet_shutdown() -> None:
-  """Ends the process now, skipping interpreter teardown (orbax's event-loop noise)."""
-  sys.stdout.flush()
-  sys.stderr.flush()
+def _quiet_unraisable(unraisable: "sys.UnraisableHookArgs") -> None:
+  """Drops the "Event loop is closed" orbax's threads raise after a failed restore."""
+  error = unraisable.exc_value
+  if not (isinstance(error, RuntimeError) and "Event loop is closed" in str(error)):
+    sys.__unraisablehook__(unraisable)
 
 
 def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) -> None:
   """Runs `main(argv)` (argv without --verbose) and exits with the documented codes."""
   argv, verbose = split_verbose(sys.argv if argv is None else argv)
+  sys.unraisablehook = _quiet_unraisable
   prog = os.path.basename(argv[0]) if argv else "lookahead_drift"
   if prog in ("__main__.py", "-m", "-c"):
     prog = "lookahead_drift"
@@ -86,12 +86,18 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
     main(argv)
   except SystemExit:
     raise
+  except KeyboardInterrupt:
+    print(f"{prog}: interrupted", file=sys.stderr)
+    sys.exit(EXIT_INTERRUPTED)
   except BaseException as e:  # pylint: disable=broad-exception-caught
     code = exit_code(e)
     if code is None:
       raise
-    code = report(e, prog, verbose)
-    _quiet_shutdown()
+    report(e, code, prog, verbose)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skips interpreter teardown, where orbax's threads may still be failing after a failed
+    # restore; files and the workdir lock were closed by the code that raised.
     os._exit(code)  # pylint: disable=protected-access
 
 

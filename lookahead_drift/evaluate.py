@@ -84,7 +84,7 @@ def _checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[i
     return []
   manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every, async_save=False)
-  steps = sorted(manager.all_steps(read=True))
+  steps = sorted(manager.all_steps())
   manager.close()
   return steps
 

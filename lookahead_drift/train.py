@@ -45,7 +45,7 @@ from lookahead_drift import workdir as workdir_lib
 PyTree = Any
 ConfigDict = ml_collections.ConfigDict
 TOY_DATASETS = ("eight_gaussians", "checkerboard", "swiss_roll")
-# Metrics whose non-finite value marks a step as bad; bit i of metrics["nonfinite"] is NONFINITE_METRICS[i].
+# Metrics whose non-finite value marks a step as bad (bit i of metrics["nonfinite"]: entry i).
 NONFINITE_METRICS = ("loss", "grad_norm", "param_norm")
 # config.nonfinite (read with this default): "stop" the run at the next log or save step, or
 # "skip" bad steps (params, EMA and optimizer state stay as before the step; counted).
@@ -295,16 +295,18 @@ def window_from_json(saved: Any, template: dict[str, Any]) -> dict[str, Any] | N
     return None
 
 
-def nonfinite_error(window: dict[str, Any], step: int, last_checkpoint: str | None
-                    ) -> cli.NonFiniteError:
+def nonfinite_error(window: dict[str, Any], step: int, last_checkpoint: str | None,
+                    policy: str) -> cli.NonFiniteError:
   """The error that stops a run on the window's first non-finite step."""
   flags = int(window["first_nonfinite"])
   what = ", ".join(k for i, k in enumerate(NONFINITE_METRICS) if flags >> i & 1)
+  hint = ("pass --nonfinite=skip to skip such steps" if policy == "stop" else
+          "every step of the logging window was skipped")
   return cli.NonFiniteError(
       f"non-finite {what} at step {int(window['first_nonfinite_step'])} "
       f"({int(window['nonfinite_steps'])} non-finite step(s) up to step {step}); stopped "
       f"without saving. Last good checkpoint: {last_checkpoint or 'none'}. Lower the learning "
-      "rate, or pass --nonfinite=skip to skip such steps.")
+      f"rate, or {hint}.")
 
 
 def _format_eta(seconds: float) -> str:
@@ -379,7 +381,8 @@ def train_and_evaluate(config: ConfigDict, workdir: str, *,
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise cli.UserError(f"cannot create --workdir {workdir}: {e.strerror} ({e.filename}).") from e
+    raise cli.UserError(
+        f"cannot create --workdir {workdir}: {e.strerror} ({e.filename}).") from e
   lock = workdir_lib.acquire_lock(workdir) if lead else None
   try:
     return _train_locked(exp, workdir, policy, window_template, real, config_json,
@@ -411,8 +414,8 @@ def _train_locked(exp: Experiment, workdir: str, policy: str,
     start = int(jax.device_get(state.step))
     saved_window = window_from_json(extra.get("window"), window_template)
     if saved_window is None and start % config.log_every:
-      logging.warning("The checkpoint has no metric window: the first log averages steps "
-                      "%d-%d only.", start + 1, start + config.log_every - start % config.log_every)
+      logging.warning("The checkpoint has no metric window: the first log averages the "
+                      "steps after %d only.", start)
     window = window_template if saved_window is None else saved_window
     logging.info("Resumed from %s at step %d.", ckpt_dir, start)
 
@@ -437,7 +440,8 @@ def _train_locked(exp: Experiment, workdir: str, policy: str,
       manager.wait_until_finished()
       latest = manager.latest_step()
       raise nonfinite_error(host_window, step,
-                            None if latest is None else checkpoint.step_dir(manager, latest))
+                            None if latest is None else checkpoint.step_dir(manager, latest),
+                            policy)
 
   def save(force: bool = False) -> None:
     host_window = jax.device_get(window)
