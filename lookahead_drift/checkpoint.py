@@ -99,6 +99,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
 
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
+  """The directory of checkpoint `step`."""
   return os.path.join(str(manager.directory), str(step))
 
 
