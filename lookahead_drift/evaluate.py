@@ -19,12 +19,12 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
 from lookahead_drift import checkpoint
+from lookahead_drift import cli
 from lookahead_drift import fid
 from lookahead_drift import inception
 from lookahead_drift import metrics_io
@@ -84,7 +84,7 @@ def _checkpoint_steps(config: ml_collections.ConfigDict, workdir: str) -> list[i
     return []
   manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every, async_save=False)
-  steps = sorted(manager.all_steps(read=True))
+  steps = sorted(manager.all_steps())
   manager.close()
   return steps
 
@@ -101,6 +101,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *, reference_path:
                      "2-D toy runs are measured by experiments/toy2d instead.")
   if num_samples < 2:
     raise ValueError(f"--num_samples must be >= 2, got {num_samples}")
+  if not os.path.isdir(workdir):
+    raise cli.UserError(f"--workdir {workdir} does not exist (start evaluate once training has "
+                        "created it).")
   if not os.path.isfile(reference_path):
     raise FileNotFoundError(f"no reference file at {reference_path}: make statistics with "
                             "`python -m lookahead_drift.fid --ref NAME --out PATH`")
@@ -171,7 +174,7 @@ def main(argv: list[str]) -> None:
   eval_config = config.get("eval", ml_collections.ConfigDict())
   reference = f.reference or eval_config.get("reference")
   if not reference:
-    raise app.UsageError("--reference (or config.eval.reference) is required: a statistics "
+    raise cli.UserError("--reference (or config.eval.reference) is required: a statistics "
                          "or images .npz, e.g. from `python -m lookahead_drift.fid --ref ...`.")
   num_samples = f.num_samples or eval_config.get("num_samples", 50_000)
   evaluate(config, f.workdir, reference_path=reference, num_samples=num_samples,
@@ -182,4 +185,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run_absl(main)

@@ -18,6 +18,7 @@ import dataclasses
 import os
 import pathlib
 import sys
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -117,8 +118,24 @@ def _stats_from_npz(data: Any, path: Any) -> Stats:
   return Stats(mu, sigma, int(data["count"]), text("weights_sha256"), text("resize"))
 
 
+def _open_npz(path: str | os.PathLike) -> Any:
+  """np.load of an .npz, with a ValueError naming the file if it is anything else."""
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"no file at {path}")
+  hint = "expected an .npz written by np.savez (uint8 'images', or statistics 'mu', 'sigma')"
+  if not zipfile.is_zipfile(path):
+    with open(path, "rb") as f:
+      npy = f.read(6) == b"\x93NUMPY"
+    raise ValueError(f"{path} is {'a single .npy array' if npy else 'not an .npz (zip) file'}; "
+                     f"{hint}, e.g. np.savez(path, images=array)")
+  try:
+    return np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+    raise ValueError(f"{path} is a damaged .npz ({e}); {hint}") from e
+
+
 def load_stats(path: str | os.PathLike) -> Stats:
-  with np.load(path, allow_pickle=False) as data:
+  with _open_npz(path) as data:
     return _stats_from_npz(data, path)
 
 
@@ -251,10 +268,7 @@ def compute_stats(images: np.ndarray | Iterable[np.ndarray], extractor: Any, *,
 
 def load_input(path: str) -> tuple[str, Any]:
   """('images', uint8 array) or ('stats', Stats) from an .npz given on the command line."""
-  p = pathlib.Path(path)
-  if not p.is_file():
-    raise FileNotFoundError(f"no file at {path}")
-  with np.load(p, allow_pickle=False) as data:
+  with _open_npz(path) as data:
     if "images" in data:
       images = data["images"]
       from lookahead_drift import inception  # pylint: disable=g-import-not-at-top
@@ -266,6 +280,23 @@ def load_input(path: str) -> tuple[str, Any]:
       return "stats", _stats_from_npz(data, path)
     raise ValueError(f"{path} has neither an 'images' array nor statistics ('mu', 'sigma'); "
                      f"keys: {sorted(data.files)}")
+
+
+MIN_RELIABLE_SAMPLES = 2048  # the feature dimension: fewer samples give a singular covariance
+
+
+def input_warnings(paths: list[str], loaded: list[tuple[str, Any]], counts: list[int]
+                   ) -> list[str]:
+  """Warnings about inputs that give a number of little meaning (few samples, grey vs RGB)."""
+  warnings = [f"warning: {path} has only {n} samples; FID from fewer than "
+              f"{MIN_RELIABLE_SAMPLES} is dominated by its bias (use 10k-50k)"
+              for path, n in zip(paths, counts) if n < MIN_RELIABLE_SAMPLES]
+  channels = [value.shape[-1] for kind, value in loaded if kind == "images"]
+  if len(channels) == 2 and channels[0] != channels[1]:
+    warnings.append(f"warning: {paths[0]} has {channels[0]} channel(s) and {paths[1]} "
+                    f"{channels[1]}: grey images are repeated to RGB, so colour alone makes "
+                    "the sets differ")
+  return warnings
 
 
 def _reference_images(name: str, data_dir: str | None, split: str) -> np.ndarray:
@@ -315,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
     return
 
   if len(args.inputs) != 2:
-    raise ValueError(f"expected two inputs A B, got {len(args.inputs)}: {args.inputs}")
+    raise ValueError(f"expected two inputs A B (or --ref), got {len(args.inputs)}: "
+                     f"{args.inputs}")
   loaded = [load_input(p) for p in args.inputs]
   extractor = make_extractor() if any(kind == "images" for kind, _ in loaded) else None
   stats, feats = [], []
@@ -329,6 +361,8 @@ def main(argv: list[str] | None = None) -> None:
       stats.append(value)
   for path, s in zip(args.inputs, stats):
     print(f"{path}: {s.count} samples")
+  for warning in input_warnings(args.inputs, loaded, [s.count for s in stats]):
+    print(warning, file=sys.stderr)
   if len(feats) == 2:
     kid_mean, kid_std = kid(*feats, num_subsets=args.kid_subsets,
                             max_subset_size=args.kid_subset_size)
@@ -337,4 +371,5 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from lookahead_drift import cli  # pylint: disable=g-import-not-at-top
+  cli.run(lambda argv: main(argv[1:]))

@@ -1,5 +1,6 @@
 """Metric and image logging: JSON lines always, TensorBoard only when TensorFlow imports.
 
+The JSON lines are strict JSON: a non-finite value (NaN, inf) is written as null.
 `clu.metric_writers` imports TensorFlow at import time, so it is imported lazily and its
 absence only turns TensorBoard off.
 """
@@ -23,7 +24,10 @@ def _tensorboard_writer(logdir: str) -> Any | None:
 
 
 def _to_python(value: Any) -> Any:
+  """A JSON-able Python value; NaN and infinities become None (null)."""
   value = np.asarray(jax.device_get(value))
+  if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
+    value = np.where(np.isfinite(value), value, None)
   return value.item() if value.ndim == 0 else value.tolist()
 
 
@@ -53,10 +57,11 @@ class MetricWriter:
     if not self.active:
       return
     values = {k: _to_python(v) for k, v in scalars.items()}
-    self._file.write(json.dumps({"step": int(step), **values}) + "\n")
+    self._file.write(json.dumps({"step": int(step), **values}, allow_nan=False) + "\n")
     self._file.flush()
     if self._tb is not None:
-      self._tb.write_scalars(int(step), values)
+      self._tb.write_scalars(int(step), {k: float("nan") if v is None else v
+                                         for k, v in values.items()})
 
   def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
     """`images`: name -> uint8 [N, H, W, C] (TensorBoard only)."""
@@ -77,3 +82,33 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
   """All records of a metrics.jsonl file."""
   with open(path, encoding="utf-8") as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def _parse(line: str) -> dict[str, Any] | None:
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+
+
+def truncate_after(path: str, step: int) -> int:
+  """Drops the records of `path` past `step` (and torn lines); how many lines were dropped.
+
+  A resumed run calls this with the restored step, so that the records it writes again are
+  not repeated. The file is replaced atomically, and only if something is dropped.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = [line if line.endswith("\n") else line + "\n" for line in lines
+          if (r := _parse(line)) is not None and r["step"] <= step]
+  if len(kept) != len(lines):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.writelines(kept)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  return len(lines) - len(kept)

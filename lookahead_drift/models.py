@@ -186,6 +186,17 @@ def _field(config: Any, key: str, default: Any) -> Any:
   return default if value is None else value
 
 
+def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
+  """A config field that must be a sequence of positive integers (a ValueError otherwise)."""
+  value = _field(config, key, default)
+  items = tuple(value) if isinstance(value, (list, tuple)) else None
+  if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                          for v in items):
+    raise ValueError(f"model_config.{key}={value!r}; expected a sequence of positive "
+                     f"integers such as {default}.")
+  return items
+
+
 def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
   """Builds the generator named by model_config.name; returns (module, noise shape sans batch).
 
@@ -201,7 +212,7 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
                 alpha_conditioning=bool(_field(model_config, "alpha_conditioning", False)),
                 dtype=_DTYPES[dtype_name])
   if name == "mlp":
-    module = MLPGenerator(hidden=tuple(_field(model_config, "hidden", (256, 256, 256))),
+    module = MLPGenerator(hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
                           out_dim=int(_field(model_config, "out_dim", 2)), **common)
     return module, (int(_field(model_config, "noise_dim", 2)),)
   if name == "unet":
@@ -212,7 +223,7 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
     module = UNetGenerator(
         out_channels=channels,
         base_channels=int(_field(model_config, "base_channels", 32)),
-        channel_mults=tuple(_field(model_config, "channel_mults", (1, 2, 2))),
+        channel_mults=_positive_ints(model_config, "channel_mults", (1, 2, 2)),
         num_res_blocks=int(_field(model_config, "num_res_blocks", 1)),
         attention=bool(_field(model_config, "attention", True)),
         output_activation=str(_field(model_config, "output_activation", "tanh")),

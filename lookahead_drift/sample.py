@@ -127,8 +127,11 @@ def main(argv: list[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from lookahead_drift import train  # pylint: disable=g-import-not-at-top
   del argv
+  from lookahead_drift import cli  # pylint: disable=g-import-not-at-top
   flag_values = flags.FLAGS
   config = flag_values.config
+  if flag_values.num_samples < 1:
+    raise cli.UserError(f"--num_samples={flag_values.num_samples}: expected >= 1.")
   state = train.restore_for_eval(config, flag_values.workdir)
   params = state.ema_params if flag_values.use_ema else state.params
   samples = generate(config, params, flag_values.num_samples,
@@ -152,5 +155,5 @@ if __name__ == "__main__":
   flags.DEFINE_bool("use_ema", True, "Use the EMA parameters (else the raw ones).")
   flags.DEFINE_integer("seed", 0, "Noise seed.")
   flags.mark_flags_as_required(["config", "workdir"])
-  from lookahead_drift import train as train_lib  # pylint: disable=g-import-not-at-top
-  app.run(main, flags_parser=train_lib.parse_flags)
+  from lookahead_drift import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main)

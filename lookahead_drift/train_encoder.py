@@ -359,4 +359,5 @@ if __name__ == "__main__":
   config_flags.DEFINE_config_file("config", None, "Encoder training config file.")
   flags.DEFINE_string("workdir", None, "Output folder; the encoder goes to WORKDIR/encoder.")
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  from lookahead_drift import cli  # pylint: disable=g-import-not-at-top
+  cli.run_absl(main)

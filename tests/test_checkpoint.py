@@ -1,7 +1,9 @@
 """Corrupt or incompatible checkpoints fail loudly and stay untouched; SIGTERM saves and exits."""
 
 import hashlib
+import json
 import pathlib
+import random
 import shutil
 import signal
 import subprocess
@@ -9,13 +11,14 @@ import sys
 import time
 
 import jax
+import numpy as np
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import checkpoint, metrics_io, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import checkpoint, cli, metrics_io, train  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OVERRIDES = {"num_steps": 3, "sample.every": 1000}
 
@@ -44,16 +47,47 @@ def _corrupt_metadata(step_dir: pathlib.Path) -> None:
   (step_dir / "state" / "_METADATA").write_text("{not json")
 
 
-@pytest.mark.parametrize("corrupt", [_corrupt_data, _corrupt_metadata])
-def test_corrupt_checkpoint_names_path_and_is_left_intact(trained, tmp_path, corrupt):
+def _delete_metadata(step_dir: pathlib.Path) -> None:
+  (step_dir / "state" / "_METADATA").unlink()
+
+
+def _corrupt_silently(step_dir: pathlib.Path) -> None:
+  """Overwrites bytes inside the largest data file: orbax still reads it, the values change."""
+  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  data = bytearray(largest.read_bytes())
+  data[100:116] = b"\x7f" * 16
+  largest.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (_corrupt_data, "Cannot"), (_corrupt_metadata, "Cannot read checkpoint metadata"),
+    (_delete_metadata, "is incomplete"), (_corrupt_silently, "fails its checksum")])
+def test_corrupt_checkpoint_names_path_and_is_left_intact(trained, tmp_path, corrupt, message):
   workdir = tmp_path / "run"
   shutil.copytree(trained, workdir)
   step_dir = workdir / "checkpoints" / "3"
   corrupt(step_dir)
   before = _digest(workdir / "checkpoints")
-  with pytest.raises(checkpoint.CheckpointError, match=str(step_dir)):
+  with pytest.raises(checkpoint.CorruptCheckpointError, match=f"{step_dir}.*{message}|"
+                     f"{message}.*{step_dir}"):
     train.train_and_evaluate(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
   assert _digest(workdir / "checkpoints") == before
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous_and_is_kept(tmp_path):
+  config = smoke_config(**{"num_steps": 9, "sample.every": 1000, "checkpoint.keep": 3})
+  full = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "full")))
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+  _corrupt_silently(workdir / "checkpoints" / "6")
+  bad = _digest(workdir / "checkpoints" / "6")
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="fails its checksum"):
+    train.restore_for_eval(config, str(workdir))
+  resumed = jax.device_get(train.train_and_evaluate(config, str(workdir)))  # from step 3
+  assert _digest(workdir / "corrupt_checkpoints" / "6") == bad
+  jax.tree.map(np.testing.assert_array_equal, resumed.params, full.params)
+  assert _digest(workdir / "checkpoints" / "9")
 
 
 def test_incompatible_checkpoint_names_path_and_is_left_intact(trained, tmp_path):
@@ -62,13 +96,16 @@ def test_incompatible_checkpoint_names_path_and_is_left_intact(trained, tmp_path
   before = _digest(workdir / "checkpoints")
   config = smoke_config(**{**OVERRIDES, "num_steps": 6})
   config.model.hidden = (16, 16)
+  with pytest.raises(cli.UserError, match=r"model.hidden: \[32, 32\] -> \[16, 16\]"):
+    train.train_and_evaluate(config, str(workdir))
   with pytest.raises(checkpoint.CheckpointError,
                      match=f"{workdir / 'checkpoints' / '3'}.*does not match"):
-    train.train_and_evaluate(config, str(workdir))
+    train.train_and_evaluate(config, str(workdir), allow_config_change=True)
   assert _digest(workdir / "checkpoints") == before
 
 
-def test_sigterm_saves_then_relaunch_continues(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_saves_exits_3_then_relaunch_continues(tmp_path, signum):
   workdir = tmp_path / "run"
   metrics = workdir / "metrics.jsonl"
   proc = subprocess.Popen(
@@ -85,18 +122,77 @@ def test_sigterm_saves_then_relaunch_continues(tmp_path):
         break
       time.sleep(0.2)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       proc.kill()
-  assert proc.returncode == 0, err[-3000:]
+  assert proc.returncode == cli.EXIT_PREEMPTED, err[-3000:]
   saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   last_logged = metrics_io.read_jsonl(str(metrics))[-1]["step"]
   assert saved == [last_logged] and last_logged >= 3
+  assert (f"preempted at step {last_logged} of 100000; relaunch the same command to continue"
+          in err.splitlines()[-1]) and "Traceback" not in err
 
   state = train.train_and_evaluate(smoke_config(num_steps=last_logged + 2, log_every=1),
                                    str(workdir))
   assert int(jax.device_get(state.step)) == last_logged + 2
   steps = [r["step"] for r in metrics_io.read_jsonl(str(metrics))]
   assert steps[-2:] == [last_logged + 1, last_logged + 2]
+
+
+def _last_logged_step(path: pathlib.Path) -> int:
+  """The step of the last complete record (0 if none), tolerating a torn last line."""
+  if not path.exists():
+    return 0
+  steps = [0]
+  for line in path.read_text().splitlines():
+    try:
+      steps.append(json.loads(line)["step"])
+    except ValueError:
+      pass
+  return steps[-1]
+
+
+def test_random_sigkills_end_like_an_uninterrupted_run(tmp_path):
+  """SIGKILLs at random steps, mostly during an async save (one per step), then a relaunch:
+  the final state and metrics.jsonl equal those of a run that was never stopped."""
+  flags = {"num_steps": 60, "log_every": 2, "checkpoint.every": 1, "checkpoint.keep": 2,
+           "sample.every": 1000}
+  full = jax.device_get(train.train_and_evaluate(  # checkpoint cadence changes nothing else
+      smoke_config(**{**flags, "checkpoint.every": 1000}), str(tmp_path / "full")))
+  # Relaunches reuse compiled programs, so that the test spends its time training.
+  env = subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+                       JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                       JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+  workdir = tmp_path / "run"
+  metrics = workdir / "metrics.jsonl"
+  command = [sys.executable, "-m", "lookahead_drift.train", "--config=configs/toy2d.py:smoke",
+             f"--workdir={workdir}", "--config.tensorboard=False"]
+  command += [f"--config.{k}={v}" for k, v in flags.items()]
+  rng = random.Random(0)
+  kills, target = 0, 0
+  for _ in range(4):
+    target = _last_logged_step(metrics) + rng.randint(3, 12)
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while proc.poll() is None and _last_logged_step(metrics) < target and time.time() < deadline:
+      time.sleep(0.005)
+    if proc.poll() is None:
+      proc.kill()
+      kills += 1
+    proc.wait()
+  assert kills >= 3
+  proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  resumed = jax.device_get(train.restore_for_eval(smoke_config(**flags), str(workdir)))
+  for name in ("step", "params", "ema_params", "opt_state", "rng"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name), getattr(full, name))
+  records = [{k: v for k, v in r.items() if k != "steps_per_sec"}
+             for r in metrics_io.read_jsonl(str(metrics))]
+  expected = [{k: v for k, v in r.items() if k != "steps_per_sec"}
+              for r in metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))]
+  assert records == expected

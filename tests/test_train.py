@@ -11,8 +11,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 from PIL import Image
 
+from lookahead_drift import checkpoint
+from lookahead_drift import cli
 from lookahead_drift import encoder
 from lookahead_drift import metrics_io
 from lookahead_drift import sharding
@@ -37,6 +40,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
 def smoke_config(**updates) -> ml_collections.ConfigDict:
   config = load_config("toy2d", "smoke")
   config.tensorboard = False
+  if "nonfinite" in updates:
+    config.nonfinite = updates.pop("nonfinite")
   config.update_from_flattened_dict(updates)
   return config
 
@@ -103,8 +108,15 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   for name in ("params", "ema_params", "opt_state", "rng"):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=0, atol=1e-6),
                  getattr(resumed, name), getattr(full, name))
-  steps = [r["step"] for r in metrics_io.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))]
-  assert steps == [2, 3, 4, 6]  # the second launch went on from step 4, repeating nothing
+  records = metrics_io.read_jsonl(str(tmp_path / "resumed" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == [2, 3, 4, 6]  # nothing repeated after the resume
+  # The window of step 4 (steps 3 and 4) is whole: the checkpoint carried step 3's sums.
+  full_records = metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
+  assert without_timing(records[2:]) == without_timing(full_records[1:])
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+  return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in records]
 
 
 def test_misspelled_override_fails_before_any_work(tmp_path):
@@ -128,7 +140,8 @@ def test_cli_smoke_run_writes_checkpoint_metrics_and_png(tmp_path):
   assert (workdir / "checkpoints" / "6").is_dir()
   records = metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))
   assert [r["step"] for r in records] == [2, 4, 6]
-  assert all(np.isfinite(r["loss"]) and r["steps_per_sec"] > 0 for r in records)
+  assert all(np.isfinite(r["loss"]) and r["steps_per_sec"] > 0 and r["nonfinite_steps"] == 0
+             for r in records)
   png = workdir / "samples" / "step_0000006.png"
   assert Image.open(png).size == (800, 400)
   assert str(png) in proc.stdout and str(workdir / "metrics.jsonl") in proc.stdout
@@ -140,7 +153,90 @@ def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
   has_tf = importlib.util.find_spec("tensorflow") is not None
   assert writer.has_tensorboard == has_tf
   writer.write_scalars(3, {"loss": jnp.float32(1.5), "n": 2})
+  writer.write_scalars(4, {"loss": jnp.float32(np.nan), "v": np.array([1.0, np.inf])})
   writer.write_images(3, {"samples": np.zeros((1, 4, 4, 1), np.uint8)})
   writer.close()
-  assert metrics_io.read_jsonl(str(tmp_path / "metrics.jsonl")) == [
-      {"step": 3, "loss": 1.5, "n": 2}]
+  path = tmp_path / "metrics.jsonl"
+  strict = lambda token: pytest.fail(f"non-standard JSON token {token}")
+  assert [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()] == [
+      {"step": 3, "loss": 1.5, "n": 2}, {"step": 4, "loss": None, "v": [1.0, None]}]
+
+
+def test_truncate_after_drops_later_and_torn_records(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  path.write_text('{"step": 2, "a": 1}\n{"step": 4, "a": 2}\n{"step": 6, "a": 3}\n{"step": 8, "a')
+  assert metrics_io.truncate_after(str(path), 4) == 2
+  assert metrics_io.read_jsonl(str(path)) == [{"step": 2, "a": 1}, {"step": 4, "a": 2}]
+  assert metrics_io.truncate_after(str(path), 4) == 0
+
+
+def _nan_at(monkeypatch, bad_step: int) -> None:
+  """Makes the batch of step `bad_step` (1-based) all NaN."""
+  original = train.create_dataset
+
+  def create_dataset(config, start_step):
+    for step, batch in enumerate(original(config, start_step), start_step + 1):
+      yield {**batch, "image": batch["image"] * np.nan} if step == bad_step else batch
+  monkeypatch.setattr(train, "create_dataset", create_dataset)
+
+
+def test_nonfinite_step_keeps_state_and_is_flagged():
+  config = smoke_config()
+  exp = train.create_experiment(config)
+  before = jax.device_get(exp.state)
+  batch = np.full((32, 2), np.nan, np.float32)
+  state, metrics = exp.step_fn(exp.state, sharding.global_batch({"image": batch}, exp.mesh),
+                               exp.encoder_params)
+  after = jax.device_get(state)
+  assert int(after.step) == 1 and int(metrics["nonfinite"]) & 1  # bit 0: the loss
+  for name in ("params", "ema_params", "opt_state"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(after, name), getattr(before, name))
+
+
+def test_nonfinite_stop_names_step_and_last_good_checkpoint(tmp_path, monkeypatch):
+  _nan_at(monkeypatch, 5)
+  workdir = tmp_path / "run"
+  config = smoke_config(**{"num_steps": 8, "sample.every": 1000, "checkpoint.every": 3})
+  with pytest.raises(cli.NonFiniteError,
+                     match=f"non-finite loss.* at step 5 .*Last good checkpoint: "
+                           f"{workdir / 'checkpoints' / '3'}"):
+    train.train_and_evaluate(config, str(workdir))
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
+  records = metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))
+  assert [(r["step"], r["nonfinite_steps"]) for r in records] == [(2, 0), (4, 0), (6, 1)]
+  assert not (workdir / "lock").exists()
+
+
+def test_nonfinite_skip_skips_and_counts(tmp_path, monkeypatch):
+  _nan_at(monkeypatch, 5)
+  config = smoke_config(**{"num_steps": 8, "sample.every": 1000, "nonfinite": "skip"})
+  state = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "run")))
+  assert int(state.step) == 8
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  records = metrics_io.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
+  assert [r["nonfinite_steps"] for r in records] == [0, 0, 1, 0]
+  assert all(np.isfinite(r["loss"]) for r in records)  # means over the good steps
+
+
+def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
+  workdir = tmp_path / "wd"
+  proc = subprocess.run(
+      [sys.executable, "-m", "lookahead_drift.train", "--config=configs/toy2d.py:smoke",
+       f"--workdir={workdir}", "--config.tensorboard=False", "--config.num_steps=30",
+       "--config.optimizer.learning_rate=1e38", "--config.checkpoint.every=1"],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=180)
+  assert proc.returncode == cli.EXIT_NONFINITE, proc.stderr[-3000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "non-finite" in last and "Last good checkpoint" in last and "Traceback" not in proc.stderr
+  strict = lambda token: pytest.fail(f"non-standard JSON token {token}")
+  for line in (workdir / "metrics.jsonl").read_text().splitlines():
+    json.loads(line, parse_constant=strict)
+  config = smoke_config(**{"optimizer.learning_rate": 1e38})
+  exp = train.create_experiment(config)
+  manager = checkpoint.create_manager(str(workdir / "checkpoints"), max_to_keep=2,
+                                      save_every=1, create=False)
+  steps = sorted(manager.all_steps())
+  for step in steps:  # restore() refuses non-finite checkpoints
+    checkpoint.restore(manager, exp.state, step)
+  manager.close()
+  assert steps and f"checkpoints/{steps[-1]}" in last

@@ -36,7 +36,6 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 import jax
 from jax.experimental import multihost_utils
@@ -48,6 +47,7 @@ import numpy as np
 # Run as a script from a checkout: make the package importable without installing it.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from lookahead_drift import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
 from lookahead_drift import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -321,7 +321,7 @@ def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[
 def _load_module(name: str, path: str) -> Any:
   spec = importlib.util.spec_from_file_location(name, path)
   if spec is None or not os.path.isfile(path):
-    raise app.UsageError(f"no Python file at {path!r}")
+    raise cli.UserError(f"no Python file at {path!r}")
   module = importlib.util.module_from_spec(spec)
   sys.modules[name] = module  # dataclasses look their module up while it is executed
   spec.loader.exec_module(module)
@@ -521,7 +521,7 @@ def main(argv: Sequence[str]) -> None:
     print(summarize_reports(FLAGS.summarize))
     return
   if FLAGS.config is None:
-    raise app.UsageError("--config is required (unless --summarize is given).")
+    raise cli.UserError("--config is required (unless --summarize is given).")
   if FLAGS.compare_shapes:
     shapes = [tuple(int(v) for v in s.split("x")) for s in FLAGS.compare_shapes]
     loss_config = dataclasses.replace(train.create_loss_config(FLAGS.config), num_lookahead=0)
@@ -581,4 +581,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run_absl(main)

@@ -70,4 +70,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from lookahead_drift import cli  # noqa: E402
+  cli.run(lambda argv: main(argv[1:]))
