@@ -21,11 +21,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "eight_gaussians"  # or "checkerboard", "swiss_roll"
-  config.data.batch_size = 256  # global
+  config.data.batch_size = 512  # global (issue 11: 256 -> 512, checkerboard P 0.850 -> 0.885)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
-  config.model.noise_dim = 2
+  config.model.noise_dim = 8  # issue 11: 2 -> 8 raised recall (eight Gaussians 0.916 -> 0.958)
   config.model.out_dim = 2
   config.model.hidden = (128, 128, 128)
   config.model.dtype = "float32"
@@ -50,7 +50,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.drift_normalization = True
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 3e-3
+  # Issue 11 (experiments/toy2d/README.md, "What made the toys fit"): 3e-3 -> 1e-2 was the
+  # largest single gain on eight Gaussians (in-3-sigma share 0.71 -> 0.88 with noise_dim 8).
+  config.optimizer.learning_rate = 1e-2
   config.optimizer.schedule = "cosine"  # or "constant" (after warmup)
   config.optimizer.warmup_steps = 100
   config.optimizer.weight_decay = 0.0
