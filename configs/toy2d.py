@@ -14,20 +14,20 @@ from ml_collections import config_dict
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.num_steps = 2000
+  config.num_steps = 6000
   config.log_every = 200
   config.ema_decay = 0.99
   config.tensorboard = True
 
   config.data = ml_collections.ConfigDict()
   config.data.name = "eight_gaussians"  # or "checkerboard", "swiss_roll"
-  config.data.batch_size = 256  # global
+  config.data.batch_size = 256  # global (issue 11: 512 for 2000 steps bought less than 256 for 6000)
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "mlp"
-  config.model.noise_dim = 2
+  config.model.noise_dim = 8  # issue 11: 2 -> 8 raised recall (eight Gaussians 0.916 -> 0.958)
   config.model.out_dim = 2
-  config.model.hidden = (128, 128, 128)
+  config.model.hidden = (128, 128, 128, 128)  # issue 11: depth 3 -> 4
   config.model.dtype = "float32"
 
   config.encoder = ml_collections.ConfigDict()
@@ -50,9 +50,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.loss.drift_normalization = True
 
   config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.learning_rate = 3e-3
+  # Issue 11 (experiments/toy2d/README.md, "What made the toys fit"): 3e-3 -> 1e-2 was the
+  # largest single gain on eight Gaussians (in-3-sigma share 0.71 -> 0.88 with noise_dim 8).
+  config.optimizer.learning_rate = 1e-2
   config.optimizer.schedule = "cosine"  # or "constant" (after warmup)
   config.optimizer.warmup_steps = 100
+  config.optimizer.end_value = 1e-3  # cosine: the lr at the last step (issue 11)
   config.optimizer.weight_decay = 0.0
   config.optimizer.b1 = 0.9
   config.optimizer.b2 = 0.99

@@ -45,6 +45,16 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
 # ----------------------------------------------------------------------------- toy data
 
 
+EIGHT_GAUSSIANS_RADIUS = 3.0  # the eight modes sit on a circle of this radius
+EIGHT_GAUSSIANS_STD = 0.25  # isotropic standard deviation of each mode
+
+
+def eight_gaussians_centers() -> np.ndarray:
+  """[8, 2] float64 mode centres of "eight_gaussians", mode i at angle i·π/4."""
+  angles = np.arange(8) * (np.pi / 4)
+  return EIGHT_GAUSSIANS_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
+
+
 def sample_toy(name: str, n: int, rng: np.random.Generator | int) -> np.ndarray:
   """Draws n float32 points [n, 2] from a toy 2-D distribution (scale about [-4, 4])."""
   points, _ = _sample_toy_with_labels(name, n, rng)
@@ -57,9 +67,8 @@ def _sample_toy_with_labels(name: str, n: int,
   rng = np.random.default_rng(rng)
   if name == "eight_gaussians":
     labels = rng.integers(0, 8, size=n)
-    angles = labels * (np.pi / 4)
-    centers = 3.0 * np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    points = centers + 0.25 * rng.standard_normal((n, 2))
+    points = (eight_gaussians_centers()[labels]
+              + EIGHT_GAUSSIANS_STD * rng.standard_normal((n, 2)))
   elif name == "checkerboard":
     # 4x4 board on [-4, 4]^2, the 8 cells with (row + col) even are filled.
     cell = rng.integers(0, 8, size=n)

@@ -123,3 +123,68 @@ def test_bad_shapes_raise_value_errors():
     toy_metrics.sliced_wasserstein(x, x, dirs[:, :1])
   with pytest.raises(ValueError, match="equal size"):
     toy_metrics.wasserstein_1d(x[:, 0], x[:5, 0])
+
+
+# ----------------------------------------------------------------------------- coverage metrics
+
+
+def test_knn_radii_match_brute_force():
+  x = _rng(10).normal(size=(300, 2))
+  d = cdist(x, x)
+  np.fill_diagonal(d, np.inf)
+  ref = np.sort(d, axis=1)[:, 2] ** 2  # 3rd nearest other point
+  np.testing.assert_allclose(toy_metrics.knn_radii(x, k=3, chunk=64), ref, rtol=1e-12)
+
+
+def test_manifold_coverage_on_constructed_points():
+  # Reference: 0, 1, 2, 3, 10 on a line; k = 1 radii: 1, 1, 1, 1, 7.
+  ref = np.array([[0.0], [1.0], [2.0], [3.0], [10.0]])
+  queries = np.array([[-1.0], [4.0], [-2.0], [-1.01], [17.0], [17.1]])  # boundary counts
+  assert toy_metrics.manifold_coverage(queries, ref, k=1, chunk=2) == pytest.approx(3 / 6)
+
+
+def test_precision_recall_near_one_for_one_distribution():
+  from lookahead_drift import input_pipeline
+  for name in input_pipeline.TOY_DATASETS:
+    a = input_pipeline.sample_toy(name, 4000, [1, 0])
+    b = input_pipeline.sample_toy(name, 4000, [2, 0])
+    p, r = toy_metrics.precision_recall(a, b, k=3)
+    assert 0.95 <= p <= 1.0 and 0.95 <= r <= 1.0, (name, p, r)
+
+
+def test_precision_low_for_a_shifted_set_recall_low_when_modes_are_dropped():
+  from lookahead_drift import input_pipeline
+  real = input_pipeline.sample_toy("eight_gaussians", 4000, [3, 0])
+  gen = input_pipeline.sample_toy("eight_gaussians", 4000, [4, 0])
+  centers = input_pipeline.eight_gaussians_centers()
+  nearest = np.argmin(cdist(gen, centers), axis=1)
+  # Every mode moved outward by 1.2 (4.8 sigma): the same shape, in the wrong place.
+  p, r = toy_metrics.precision_recall(gen + 0.4 * centers[nearest], real)
+  assert p < 0.25 and r < 0.25, (p, r)  # only the tails of the shifted modes overlap
+  kept = gen[np.isin(nearest, [0, 1, 2, 3])]  # 4 of 8 modes, every kept sample is realistic
+  p, r = toy_metrics.precision_recall(kept, real)
+  assert p > 0.95 and 0.4 < r < 0.55, (p, r)
+
+
+def test_in_mode_share_exact_on_constructed_points():
+  centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+  sigma = 0.5  # balls of radius 1.5
+  points = np.array([[0.0, 1.5],     # on the boundary of mode 0: inside
+                     [1.0, 1.0],     # |.| = 1.414: mode 0
+                     [10.0, -1.49],  # mode 1
+                     [0.0, 8.0],     # 2 from mode 2: outside
+                     [5.0, 5.0],     # far from all
+                     [1.1, 1.1]])    # 1.556: outside
+  overall, per_mode = toy_metrics.in_mode_share(points, centers, sigma)
+  assert overall == pytest.approx(3 / 6)
+  np.testing.assert_allclose(per_mode, [2 / 6, 1 / 6, 0.0])
+  assert toy_metrics.in_mode_share(points, centers, sigma, num_sigma=4.1)[0] == pytest.approx(5 / 6)
+
+
+def test_in_mode_share_of_the_data_is_the_gaussian_mass_within_three_sigma():
+  from lookahead_drift import input_pipeline
+  pts = input_pipeline.sample_toy("eight_gaussians", 20000, 11)
+  overall, per_mode = toy_metrics.in_mode_share(pts, input_pipeline.eight_gaussians_centers(),
+                                                input_pipeline.EIGHT_GAUSSIANS_STD)
+  assert overall == pytest.approx(1 - np.exp(-4.5), abs=0.004)  # P(|N(0, I_2)| <= 3)
+  np.testing.assert_allclose(per_mode, overall / 8, atol=0.01)

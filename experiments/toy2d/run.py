@@ -116,7 +116,13 @@ class Arm:
 
 @functools.lru_cache(maxsize=None)  # the sweep and the study share compiled steps if they can
 def make_arm(s: Settings, k: int, variant: Variant) -> Arm:
-  config = make_config(s, k, variant)
+  label = f"k={k}" + ("" if k == 0 else f" ({variant_name(variant)})")
+  return arm_from_config(make_config(s, k, variant), label, k, variant)
+
+
+def arm_from_config(config: Any, label: str, k: int = 0, variant: Variant = DEFAULT_VARIANT
+                    ) -> Arm:
+  """An Arm training `config`'s generator, loss and optimizer (any toy2d.py config)."""
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
@@ -140,7 +146,6 @@ def make_arm(s: Settings, k: int, variant: Variant) -> Arm:
     states, _ = jax.lax.scan(body, states, jnp.swapaxes(real, 0, 1))
     return states
 
-  label = f"k={k}" + ("" if k == 0 else f" ({variant_name(variant)})")
   return Arm(label, k, variant, jax.jit(jax.vmap(init_one)), jax.jit(chunk, donate_argnums=0))
 
 
