@@ -9,6 +9,8 @@ Train the encoder first (configs/encoder_fashion_mnist.py), then:
 import ml_collections
 from ml_collections import config_dict
 
+from configs import common
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -46,18 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.encoder.include_input_rms = True
   config.encoder.include_raw = False
 
-  # Exactly the fields of drift.LossConfig.
-  config.loss = ml_collections.ConfigDict()
-  config.loss.temperatures = (0.02, 0.05, 0.2)
-  config.loss.kernel = "laplace"
-  config.loss.normalization = "bidirectional"
-  config.loss.floor = 1e-6
-  config.loss.num_lookahead = 0
-  config.loss.step_size = 1.0
-  config.loss.term_weights = config_dict.placeholder(tuple)
-  config.loss.term_scaling = "none"
-  config.loss.feature_normalization = True
-  config.loss.drift_normalization = True
+  # Every field of drift.LossConfig: the eq. 6 loss of the drifting paper's defaults
+  # (bidirectional, floor 1e-6, temperatures 0.02/0.05/0.2).
+  config.loss = common.loss_config()
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 2e-4

@@ -8,7 +8,8 @@
 """
 
 import ml_collections
-from ml_collections import config_dict
+
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,21 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.encoder = ml_collections.ConfigDict()
   config.encoder.kind = "identity"
 
-  # Exactly the fields of drift.LossConfig.
-  config.loss = ml_collections.ConfigDict()
-  config.loss.temperatures = (0.02, 0.05, 0.2)
-  config.loss.kernel = "laplace"
-  # Mean shift (the lookahead paper's eqs. 2-4). "bidirectional" with floor 1e-6 collapses
-  # this 2-D toy to a point: at these temperatures the floored affinities are near uniform,
-  # so every sample is pulled to the mean of the positives (the centre of the ring).
-  config.loss.normalization = "mean_shift"
-  config.loss.floor = 1e-6
-  config.loss.num_lookahead = 0
-  config.loss.step_size = 1.0
-  config.loss.term_weights = config_dict.placeholder(tuple)
-  config.loss.term_scaling = "none"
-  config.loss.feature_normalization = True
-  config.loss.drift_normalization = True
+  # Every field of drift.LossConfig. Mean shift (the lookahead paper's eqs. 2-4):
+  # "bidirectional" with floor 1e-6 collapses this 2-D toy to a point (at these temperatures
+  # the floored affinities are near uniform, so every sample is pulled to the mean of the
+  # positives); with floor 0 it fits about as well as mean shift (experiments/toy2d).
+  config.loss = common.loss_config(normalization="mean_shift")
 
   config.optimizer = ml_collections.ConfigDict()
   # Issue 11 (experiments/toy2d/README.md, "What made the toys fit"): 3e-3 -> 1e-2 was the

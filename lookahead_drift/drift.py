@@ -170,6 +170,8 @@ def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array
   temperature: −min cost / τ is the largest logit of a column exactly, and of a row exactly
   when the targets are unweighted (with weights w <= 1 an upper bound; weights far below 1 on
   every near target could underflow a row, which the training loss never produces).
+  Negatives and positives are kept as two arrays from the start: on CPU, materialising a
+  [T, N, L] array (or a slice of one) costs more than the exponentials that could be saved.
   """
   n, num_targets = x.shape[0], targets.shape[0]
   valid = jnp.broadcast_to(logw > _NEG_INF, (n, num_targets))
@@ -177,36 +179,42 @@ def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array
     valid = valid & ~_self_mask(jnp.arange(n), jnp.arange(num_targets), True)
   cost = jnp.where(valid, _cost(d2, spec.kernel), jnp.inf)         # [N, L], inf: no target
   inv_t = 1.0 / temps[:, None, None]
+  sides = [(cost[:, :num_neg], logw[:num_neg], targets[:num_neg]),
+           (cost[:, num_neg:], logw[num_neg:], targets[num_neg:])]
 
-  def shifted_exp(c: Array, lw: Array | float, axis: int, power: float) -> Array:
-    """exp(power · (lw − c/τ − its max along `axis`)), [T, ., .]: at most 1, no overflow."""
+  def least(c: Array, axis: int) -> Array:
     low = jnp.min(c, axis=axis, keepdims=True)
-    return jnp.exp(power * (lw - (c - jnp.where(jnp.isfinite(low), low, 0.0))[None] * inv_t))
+    return jnp.where(jnp.isfinite(low), low, 0.0)
 
-  def normalized(e: Array, total: Array) -> Array:
-    return e / jnp.where(total > 0, total, 1.0)
+  def logit(c: Array, lw: Array | float, low: Array) -> Array:  # [T, ., .], at most ~0
+    return lw - (c - low)[None] * inv_t
 
-  t_neg, t_pos = targets[:num_neg], targets[num_neg:]
+  def total(z: Array, axis: int) -> Array:
+    t = jnp.sum(jnp.exp(z), axis=axis, keepdims=True)
+    return jnp.where(t > 0, t, 1.0)
+
   if spec.normalization == "mean_shift":  # a row softmax on each side
-    a_neg, a_pos = (normalized(e, jnp.sum(e, -1, keepdims=True)) for e in (
-        shifted_exp(cost[:, :num_neg], logw[:num_neg], -1, 1.0),
-        shifted_exp(cost[:, num_neg:], logw[num_neg:], -1, 1.0)))
-    s_neg = s_pos = 1.0
-  else:
-    # sqrt(row softmax x column softmax) from exp of half the logits, one exp per entry and
-    # softmax; log w is constant along a column, so the column softmax ignores it.
-    e_row, e_col = shifted_exp(cost, logw, -1, 0.5), shifted_exp(cost, 0.0, -2, 0.5)
-    a = (normalized(e_row, jnp.sqrt(jnp.sum(jnp.square(e_row), -1, keepdims=True)))
-         * normalized(e_col, jnp.sqrt(jnp.sum(jnp.square(e_col), -2, keepdims=True))))
-    a = _floored(a, logw, spec.floor)                                 # [T, N, L]
-    a_neg, a_pos = a[..., :num_neg], a[..., num_neg:]
-    s_neg, s_pos = (jnp.sum(v, -1, keepdims=True) for v in (a_neg, a_pos))
-
+    a = []
+    for c, lw, _ in sides:
+      z = logit(c, lw, least(c, -1))
+      a.append(jnp.exp(z) / total(z, -1))
+    s = (1.0, 1.0)
+  else:  # sqrt(row softmax x column softmax): one row over both sides, columns per side
+    row_low = jnp.minimum(*(least(c, -1) for c, _, _ in sides))
+    row_total = sum(total(logit(c, lw, row_low), -1) for c, lw, _ in sides)
+    a = []
+    for c, lw, _ in sides:
+      # log w is constant along a column: the column softmax does not see it.
+      col = logit(c, 0.0, least(c, -2))
+      a.append(_floored(jnp.exp(0.5 * (logit(c, lw, row_low) + col))
+                        * jax.lax.rsqrt(row_total * total(col, -2)), lw, spec.floor))
+    s = tuple(jnp.sum(v, -1, keepdims=True) for v in a)
 
   def pull(a: Array, t: Array) -> Array:  # Σ_j a_ij (t_j − x_i), every temperature at once
     return jnp.einsum("tnl,ld->tnd", a, t) - jnp.sum(a, -1, keepdims=True) * x[None]
 
-  return s_neg * pull(a_pos, t_pos) - s_pos * pull(a_neg, t_neg)
+  (a_neg, a_pos), (s_neg, s_pos) = a, s
+  return s_neg * pull(a_pos, sides[1][2]) - s_pos * pull(a_neg, sides[0][2])
 
 
 def _pad(a: Array, size: int, value: float) -> Array:
@@ -482,8 +490,8 @@ class LossConfig:
   field_impl: "dense", "streaming" or "auto" (dense while one group's matrices fit
     `memory_budget_mb`). group_chunk: feature groups per pass (0: as many as fit the budget).
   memory_budget_mb: the most the kernel matrices of one pass may hold (0: 2 GiB on CPU,
-    8 GiB on accelerators); one group beyond it streams. On CPU passes are further cut to
-    32 MiB, which stay in cache and run about twice as fast as one large pass.
+    8 GiB on accelerators); one group beyond it streams. On CPU, passes over many groups are
+    further cut to 32 MiB (at least 8 groups), which run about twice as fast there.
   """
   temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
   kernel: str = "laplace"
@@ -524,10 +532,8 @@ class LossConfig:
                          f"values, got {len(w)}")
       object.__setattr__(self, "term_weights", w)
 
-  def budget_bytes(self, per_pass: bool = False) -> float:
-    cpu = jax.default_backend() == "cpu"
-    budget = (self.memory_budget_mb or (2048 if cpu else 8192)) * 2**20
-    return min(budget, 32 * 2**20) if per_pass and cpu else budget
+  def budget_bytes(self) -> float:
+    return (self.memory_budget_mb or (2048 if jax.default_backend() == "cpu" else 8192)) * 2**20
 
   def _bytes_per_group(self, n: int, num_targets: int, impl: str) -> int:
     """Rough peak of one group's field: a distance matrix plus ~3 [T, n, L] arrays per term."""
@@ -549,7 +555,10 @@ class LossConfig:
     if self.group_chunk:
       return min(self.group_chunk, num_groups)
     per_group = self._bytes_per_group(n, num_targets, self.field_spec(n, num_targets).impl)
-    return int(max(1, min(num_groups, self.budget_bytes(per_pass=True) // per_group)))
+    budget = self.budget_bytes()
+    if jax.default_backend() == "cpu":  # cache-sized passes, but never fewer than 8 groups
+      budget = min(budget, max(32 * 2**20, 8 * per_group))
+    return int(max(1, min(num_groups, budget // per_group)))
 
 
 def _as_groups(feats: Any, name: str) -> dict[str, Array]:
@@ -645,23 +654,24 @@ def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
     scale = scale_of(mean_dist)
     terms = jax.lax.map(lambda a: chain(*a, scale), groups, batch_size=chunk)
   # terms: [G, K+1, T, N, D], in normalised feature space.
-  term_rms = _rms(terms, (0, 3, 4))                                  # [1, K+1, T, 1, 1]
-  if cfg.term_scaling == "unit_rms":
-    terms = terms / term_rms
+  # Scalings and sums over terms and temperatures as weights of einsums (matmuls): XLA on
+  # CPU is slow at reducing a middle axis.
+  term_rms = _rms(terms, (0, 3, 4))[0, :, :, 0, 0]                  # [K+1, T]
   w = jnp.asarray(cfg.term_weights or (1.0,) * (cfg.num_lookahead + 1), jnp.float32)
-  per_temp = jnp.einsum("gktnd,k->gtnd", terms, w)
-  temp_rms = _rms(per_temp, (0, 2, 3))                               # [1, T, 1, 1]
-  if cfg.drift_normalization:
-    per_temp = per_temp / temp_rms
+  coef = w[:, None] / term_rms if cfg.term_scaling == "unit_rms" else jnp.broadcast_to(
+      w[:, None], term_rms.shape)
+  per_temp = jnp.einsum("gktnd,kt->gtnd", terms, coef)
+  temp_rms = _rms(per_temp, (0, 2, 3))[0, :, 0, 0]                  # [T]
+  temp_w = 1.0 / temp_rms if cfg.drift_normalization else jnp.ones_like(temp_rms)
   xn = x / scale
-  target = jax.lax.stop_gradient(xn + jnp.sum(per_temp, axis=1))
+  target = jax.lax.stop_gradient(xn + jnp.einsum("gtnd,t->gnd", per_temp, temp_w))
   err = jnp.mean(jnp.square(xn - target), axis=-1)                   # [G, N]
   loss = jnp.sum(jnp.mean(err * sample_w[None, :], axis=1))
   metrics = {"feature_scale": scale}
   for i in range(cfg.num_lookahead + 1):
-    metrics[f"drift_rms/term{i}"] = jnp.mean(term_rms[0, i])
+    metrics[f"drift_rms/term{i}"] = jnp.mean(term_rms[i])
   for j, t in enumerate(cfg.temperatures):
-    metrics[f"drift_rms/temp{t:g}"] = temp_rms[0, j, 0, 0]
+    metrics[f"drift_rms/temp{t:g}"] = temp_rms[j]
   return loss, metrics
 
 

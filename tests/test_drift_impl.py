@@ -45,6 +45,7 @@ def test_budget_picks_chunks_and_streaming():
   assert cfg.field_spec(64, 128).impl == "dense"
   assert cfg.groups_per_pass(100, 64, 128) == 2**20 // (4 * 64 * 128 * 11)
   assert drift.LossConfig().groups_per_pass(10_000, 64, 128) == 32 * 2**20 // (4 * 64 * 128 * 11)
+  assert drift.LossConfig().groups_per_pass(4, 1024, 2048) == 4  # few large groups: one pass
   assert drift.LossConfig().field_spec(1024, 2048).impl == "dense"  # 2 GiB default on CPU
   assert cfg.field_spec(1024, 2048).impl == "streaming"
   assert drift.LossConfig(group_chunk=7).groups_per_pass(100, 64, 128) == 7

@@ -16,14 +16,14 @@ import json
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from lookahead_drift import fid, inception, input_pipeline, sample, train, train_encoder
+from lookahead_drift import cli, fid, inception, input_pipeline, sample, train, train_encoder
 
 FLAGS = flags.FLAGS
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -127,4 +127,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("max_reference", 0, "Use only this many test and train images (0: all; "
                        "for a quick check only).")
   flags.mark_flags_as_required(["config", "workdir", "classifier", "out"])
-  app.run(main, flags_parser=train.parse_flags)
+  cli.run_absl(main)
