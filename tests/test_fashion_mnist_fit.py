@@ -1,0 +1,41 @@
+"""experiments/fashion_mnist/fit.py: its nearest-neighbour distances and class grid."""
+
+import importlib.util
+import pathlib
+
+import numpy as np
+
+PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist" / "fit.py"
+
+
+def load_fit():
+  spec = importlib.util.spec_from_file_location("fashion_mnist_fit", PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_nearest_distances_match_brute_force():
+  fit = load_fit()
+  rng = np.random.default_rng(0)
+  bank = rng.integers(0, 256, (37, 5, 4, 1), dtype=np.uint8)
+  queries = np.concatenate([bank[:3], rng.integers(0, 256, (8, 5, 4, 1), dtype=np.uint8)])
+  got = fit.nearest_distances(queries, bank, chunk=4)
+  q = queries.reshape(len(queries), -1) / 255.0
+  b = bank.reshape(len(bank), -1) / 255.0
+  want = np.sqrt(((q[:, None] - b[None]) ** 2).sum(-1)).min(1)
+  np.testing.assert_allclose(got, want, atol=1e-3)
+  assert np.all(got[:3] < 1e-3)  # copies of bank images are found at distance 0
+
+
+def test_class_grid_puts_each_class_on_its_row():
+  fit = load_fit()
+  images = np.stack([np.full((2, 3, 1), 10 * k, np.uint8) for k in range(10)] * 2)
+  labels = np.array(list(range(10)) * 2)
+  labels[labels == 4] = 3  # class 4 gets no sample: its row stays blank
+  grid = fit.class_grid(images, labels, per_class=3)
+  assert grid.shape == (10 * 3 + 1, 3 * 4 + 1, 1)
+  rows = [grid[1 + r * 3:1 + r * 3 + 2, 1:4, 0] for r in range(10)]
+  assert np.all(rows[7] == 70) and np.all(rows[4] == 0)
+  # Row 3 holds samples 3, 4 (relabelled 3) and 13, in order: values 30, 40, 30.
+  assert [int(grid[1 + 3 * 3, 1 + c * 4, 0]) for c in range(3)] == [30, 40, 30]
