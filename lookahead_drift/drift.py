@@ -515,7 +515,10 @@ class LossConfig:
       raise ValueError(f"temperatures must be a non-empty list of values > 0, got {temps}")
     _check_choice("term_scaling", self.term_scaling, TERM_SCALINGS)
     _check_choice("field_impl", self.field_impl, FIELD_IMPLS)
-    self.field_spec(1, 1)  # checks kernel, normalization, floor, block_size
+    # Checks kernel, normalization, floor and block_size; builds the spec without asking for
+    # the backend (a default LossConfig exists at import, before jax.distributed may start).
+    _FieldSpec(kernel=self.kernel, normalization=self.normalization, floor=self.floor,
+               block_size=self.block_size)
     if isinstance(self.num_lookahead, bool) or int(self.num_lookahead) != self.num_lookahead \
         or self.num_lookahead < 0:
       raise ValueError(f"num_lookahead must be a non-negative int, got {self.num_lookahead!r}")
