@@ -144,9 +144,9 @@ def _log_weights(w: Array | None, n: int) -> Array:
 # Every function below computes it for T temperatures at once: [T, N, D].
 
 
-def _self_mask(rows: Array, cols: Array, self_neg: bool) -> Array | None:
+def _self_mask(rows: Array, cols: Array) -> Array:
   """True where target `cols` is generated sample `rows` itself (global indices)."""
-  return (rows[:, None] == cols[None, :]) if self_neg else None
+  return rows[:, None] == cols[None, :]
 
 
 def _logits(cost: Array, logw: Array, temps: Array, keep: Array | None) -> Array:
@@ -176,7 +176,7 @@ def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array
   n, num_targets = x.shape[0], targets.shape[0]
   valid = jnp.broadcast_to(logw > _NEG_INF, (n, num_targets))
   if self_neg:
-    valid = valid & ~_self_mask(jnp.arange(n), jnp.arange(num_targets), True)
+    valid = valid & ~_self_mask(jnp.arange(n), jnp.arange(num_targets))
   cost = jnp.where(valid, _cost(d2, spec.kernel), jnp.inf)         # [N, L], inf: no target
   inv_t = 1.0 / temps[:, None, None]
   sides = [(cost[:, :num_neg], logw[:num_neg], targets[:num_neg]),
@@ -280,7 +280,7 @@ def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, nu
     cid = jax.lax.dynamic_slice_in_dim(col_id, b * bt, bt)
     keep = jax.lax.dynamic_slice_in_dim(row_ok, r * bn, bn)[:, None]
     if self_neg:
-      keep = keep & ~_self_mask(r * bn + jnp.arange(bn), cid, True)
+      keep = keep & ~_self_mask(r * bn + jnp.arange(bn), cid)
     return _logits(_cost(_sq_dist(xr, tb), spec.kernel), lw, temps, keep), tb, lw
 
   def stats_tile(r, b, rows):  # rows: (m, s) [2, T, bn] each, one per side
@@ -390,10 +390,9 @@ def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_loo
 
 
 def _field_spec(kernel, normalization, floor, impl, block_size, n, num_targets) -> _FieldSpec:
-  if impl == "auto":  # the dense matrices of one temperature past ~256 MiB: stream
-    impl = "dense" if 4 * n * num_targets * 5 <= 256 * 2**20 else "streaming"
-  return _FieldSpec(kernel=kernel, normalization=normalization, floor=float(floor), impl=impl,
-                    block_size=int(block_size))
+  """The public functions pick their implementation by the loss's rule and default budget."""
+  return LossConfig(kernel=kernel, normalization=normalization, floor=floor, field_impl=impl,
+                    block_size=block_size).field_spec(n, num_targets)
 
 
 def _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights) -> None:
