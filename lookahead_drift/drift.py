@@ -92,6 +92,13 @@ def _sq_dist(x: Array, y: Array) -> Array:
   return jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * xy, 0.0)
 
 
+def _centred(x: Array, targets: Array) -> tuple[Array, Array]:
+  """Both sets shifted by the batch mean: distances and fields are translation invariant, and
+  small coordinates keep ‖x‖² + ‖y‖² − 2x·y and Σ a y − (Σ a) x free of cancellation."""
+  c = jnp.mean(x, axis=0)
+  return x - c, targets - c
+
+
 def _dist(d2: Array) -> Array:
   """sqrt with a zero slope at 0 (sqrt's is infinite there)."""
   positive = d2 > 0
@@ -149,10 +156,9 @@ def _self_mask(rows: Array, cols: Array) -> Array:
   return rows[:, None] == cols[None, :]
 
 
-def _logits(cost: Array, logw: Array, temps: Array, keep: Array | None) -> Array:
+def _logits(cost: Array, logw: Array, temps: Array, keep: Array) -> Array:
   """[T, n, l] log-kernel: −cost/τ + log w, −inf where `keep` is False."""
-  logits = logw[None, None, :] - cost[None] / temps[:, None, None]
-  return logits if keep is None else jnp.where(keep[None], logits, _NEG_INF)
+  return jnp.where(keep[None], logw[None, None, :] - cost[None] / temps[:, None, None], _NEG_INF)
 
 
 def _floored(a: Array, logw: Array, floor: float) -> Array:
@@ -347,10 +353,7 @@ def _fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, spec: 
   num_neg = sum(a.shape[0] for a in negs)
   targets = jnp.concatenate(negs + [y_pos])
   logw = jnp.concatenate(lws + [jnp.zeros((m,)) if pos_logw is None else pos_logw])
-  # The field is translation invariant: centring on the batch mean keeps ‖x‖² small in the
-  # distance matmul and in Σ a y − (Σ a) x.
-  c = jnp.mean(x, axis=0)
-  x, targets = x - c, targets - c
+  x, targets = _centred(x, targets)
   if spec.impl == "streaming":
     return _streaming_fields(x, targets, logw, temps, num_neg=num_neg, self_neg=self_neg,
                              spec=spec)
@@ -586,11 +589,9 @@ def _rms(v: Array, axes: tuple[int, ...]) -> Array:
 
 def _mean_distance(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Array:
   """Σ_ij w_j ‖x_i − t_j‖ / (N Σ w) for one group; tile by tile when streaming."""
-  c = jnp.mean(x, axis=0)
-  x, targets = x - c, targets - c
-  denom = x.shape[0] * jnp.sum(w)
+  x, targets = _centred(x, targets)
   if spec.impl == "dense":
-    return jnp.sum(_dist(_sq_dist(x, targets)) * w) / denom
+    return _mean_from_sq_dist(_sq_dist(x, targets), w)
   xp, tp, _, row_ok, _, _, bn, bt = _tiled(x, targets, w, targets.shape[0], spec.block_size)
   wp = _pad(w, tp.shape[0], 0.0)
 
@@ -602,7 +603,12 @@ def _mean_distance(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Arra
 
   sums, _ = _over_tiles(xp.shape[0] // bn, tp.shape[0] // bt, tile, jnp.float32(0.0), (),
                         lambda c, p: ())
-  return jnp.sum(sums) / denom
+  return jnp.sum(sums) / (x.shape[0] * jnp.sum(w))
+
+
+def _mean_from_sq_dist(d2: Array, w: Array) -> Array:
+  """Σ_ij w_j ‖x_i − t_j‖ / (N Σ w) from squared distances [N, L] (or [G, N, L]: one per G)."""
+  return jnp.sum(_dist(d2) * w, (-2, -1)) / (d2.shape[-2] * jnp.sum(w))
 
 
 def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
@@ -641,13 +647,8 @@ def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
   groups = (xs, pos, neg)
   if chunk >= g and spec.impl == "dense":
     # One pass: the distance matrices give the scale and every temperature's first term.
-    def dists(xg, pg, ng):
-      t = targets_of(xg, pg, ng)
-      c = jnp.mean(xg, axis=0)
-      return _sq_dist(xg - c, t - c)
-
-    d2 = jax.vmap(dists)(*groups)                                    # [G, N, L]
-    scale = scale_of(jnp.sum(_dist(d2) * target_w, (1, 2)) / (n * jnp.sum(target_w)))
+    d2 = jax.vmap(lambda *a: _sq_dist(*_centred(a[0], targets_of(*a))))(*groups)  # [G, N, L]
+    scale = scale_of(_mean_from_sq_dist(d2, target_w))
     terms = jax.vmap(lambda xg, pg, ng, dg: chain(xg, pg, ng, scale, dg))(*groups, d2)
   else:
     # Chunks of groups that fit the budget: a first pass for the scale, then the fields.
