@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lookahead_drift.config_util import field as _field
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -178,12 +180,6 @@ class UNetGenerator(nn.Module):
     h = nn.silu(_group_norm(h, self.dtype))
     out = conv(self.out_channels)(h).astype(jnp.float32)
     return jnp.tanh(out) if self.output_activation == "tanh" else out
-
-
-def _field(config: Any, key: str, default: Any) -> Any:
-  value = getattr(config, key, default) if not isinstance(config, dict) else config.get(
-      key, default)
-  return default if value is None else value
 
 
 def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
