@@ -1,4 +1,9 @@
-"""Pieces shared by the configs of every data family."""
+"""The config every data family starts from, and the loss section built from drift.LossConfig.
+
+`base_config()` holds every field a training config has, at values shared by the families;
+configs/toy2d.py and configs/fashion_mnist.py override what differs, and their variants
+(configs/fashion_mnist_gpu.py, configs/cifar10.py) override those.
+"""
 
 import dataclasses
 
@@ -16,6 +21,24 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
   if fields["term_weights"] is None:  # settable from the command line as a tuple
     loss.term_weights = config_dict.placeholder(tuple)
   return loss
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every training field; data, model and the sizes are the families' to set."""
+  section = ml_collections.ConfigDict
+  return section(dict(
+      seed=0, num_steps=1000, log_every=100, ema_decay=0.999, tensorboard=True,
+      data=section(dict(name="", batch_size=256)),
+      model=section(dict(name="", dtype="float32")),  # "bfloat16": bf16 compute, f32 params
+      encoder=section(dict(kind="identity")),
+      loss=loss_config(),  # the drifting paper's eq. 6 loss at its defaults
+      optimizer=section(dict(learning_rate=2e-4, schedule="constant", warmup_steps=1000,
+                             weight_decay=0.01, b1=0.9, b2=0.95, grad_clip=2.0)),
+      # num_model: devices along the "model" axis; the rest form "data"
+      mesh=section(dict(num_model=1, shard_params=False)),
+      checkpoint=section(dict(every=1000, keep=3, async_save=True)),
+      sample=section(dict(every=1000, num_png=64, batch_size=500)),  # PNG every `every` steps
+  ))
 
 
 def make_conditional(config: ml_collections.ConfigDict, *, labels_per_step: int,

@@ -59,7 +59,7 @@ def fingerprint(tree: PyTree) -> tuple[list[int], bool]:
   return [int(s) for s in sums], bool(finite)
 
 
-def create_manager(directory: str, *, max_to_keep: int, save_every: int,
+def create_manager(directory: str, *, max_to_keep: int | None, save_every: int,
                    async_save: bool = True, create: bool = True) -> ocp.CheckpointManager:
   """A manager that saves the "state" item every `save_every` steps and keeps the last few.
 
@@ -81,6 +81,12 @@ def create_manager(directory: str, *, max_to_keep: int, save_every: int,
                      INTEGRITY: ocp.JsonCheckpointHandler()})
 
 
+def open_for_reading(directory: str) -> ocp.CheckpointManager:
+  """A manager that only reads `directory` (keeps every step; a CheckpointError if missing)."""
+  return create_manager(directory, max_to_keep=None, save_every=1, async_save=False,
+                        create=False)
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
          force: bool = False, extra: dict[str, Any] | None = None) -> bool:
   """Starts an (async) save of `state` (and JSON-able `extra`) at `step`; whether it started.
@@ -100,7 +106,12 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
 
 def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
   """The directory of checkpoint `step`."""
-  return os.path.join(str(manager.directory), str(step))
+  return step_dir_of(str(manager.directory), step)
+
+
+def step_dir_of(directory: str, step: int) -> str:
+  """The directory of checkpoint `step` in a checkpoint folder."""
+  return os.path.join(os.path.abspath(directory), str(step))
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
@@ -114,7 +125,8 @@ def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _check_compatible(path: str, stored: PyTree, target: PyTree) -> None:
+def check_compatible(path: str, stored: PyTree, target: PyTree, what: str = "train state"
+                     ) -> None:
   """Raises CheckpointError unless `stored` has the structure and shapes of `target`."""
   stored_shapes, target_shapes = _shapes(stored), _shapes(target)
   if stored_shapes != target_shapes:
@@ -123,7 +135,7 @@ def _check_compatible(path: str, stored: PyTree, target: PyTree) -> None:
     wrong = sorted(k for k in set(stored_shapes) & set(target_shapes)
                    if stored_shapes[k] != target_shapes[k])[:3]
     raise CheckpointError(
-        f"Checkpoint {path} does not match the current config's train state "
+        f"Checkpoint {path} does not match the current config's {what} "
         f"(missing: {missing}, unexpected: {extra}, shape mismatch: "
         f"{[(k, stored_shapes[k], target_shapes[k]) for k in wrong]}). It was left untouched; "
         "use the config it was written with, or a new --workdir.")
@@ -136,18 +148,89 @@ def _first_line(error: Exception, limit: int = 300) -> str:
   return f"{type(error).__name__}: {text}"
 
 
-def _verify(path: str, restored: PyTree, integrity: dict[str, Any] | None) -> None:
-  """Raises CorruptCheckpointError unless the arrays are finite and match their checksums."""
+def _verify(path: str, restored: PyTree, integrity: dict[str, Any] | None, *,
+            prefix: bool = False) -> None:
+  """Raises CorruptCheckpointError unless the arrays are finite and match their checksums.
+
+  With `prefix`, `restored` holds only the first leaves of the saved state (the inference
+  items), checked against the first checksums.
+  """
   checksums, finite = fingerprint(restored)
-  if integrity is not None and integrity.get("checksums") != checksums:
+  stored = (integrity or {}).get("checksums") or []
+  if integrity is not None and (stored[:len(checksums)] if prefix else stored) != checksums:
     names = list(_shapes(restored))
-    stored = integrity.get("checksums") or []
     bad = [n for n, a, b in zip(names, checksums, stored) if a != b] or names
     raise CorruptCheckpointError(
         f"Checkpoint {path} fails its checksum ({len(bad)} of {len(names)} arrays differ from "
         f"when it was saved, e.g. {bad[:2]}): its files were changed or damaged.")
   if not finite:
     raise CorruptCheckpointError(f"Checkpoint {path} holds non-finite values (NaN or inf).")
+
+
+_ADVICE = ("It was left untouched; move it away to restart from the previous one, or use a "
+           "new --workdir.")
+
+
+def _read(manager: ocp.CheckpointManager, step: int | None, target: PyTree | None
+          ) -> tuple[str, PyTree, dict[str, Any] | None] | None:
+  """(path, state, integrity item) of checkpoint `step` (None: the latest), or None if none.
+
+  With a `target` (a state of sharded arrays) the state is restored into its structure and
+  shardings, after checking that the stored shapes match it; without one it is restored as
+  stored (a dict of arrays on the default device). Nothing is verified here.
+  """
+  if step is None:
+    step = manager.latest_step()
+    if step is None:
+      return None
+  elif step not in manager.all_steps():
+    raise CheckpointError(f"No checkpoint for step {step} in {manager.directory}; there are "
+                          f"{sorted(manager.all_steps())}.")
+  path = step_dir(manager, step)
+  metadata_file = os.path.join(path, "state", "_METADATA")
+  if not os.path.isfile(metadata_file):
+    raise CorruptCheckpointError(f"Checkpoint {path} is incomplete: {metadata_file} is "
+                                 f"missing. {_ADVICE}")
+  try:
+    stored = manager.item_metadata(step)["state"]
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise CorruptCheckpointError(
+        f"Cannot read checkpoint metadata at {path} ({_first_line(e)}): it is corrupt or was "
+        f"written by an incompatible version. {_ADVICE}") from e
+  if stored is None:
+    raise CorruptCheckpointError(f"Checkpoint {path} has no readable 'state' item. {_ADVICE}")
+  if target is None:
+    items = {"state": ocp.args.StandardRestore()}
+  else:
+    check_compatible(path, stored, target)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+  has_integrity = os.path.isdir(os.path.join(path, INTEGRITY))
+  if has_integrity:
+    items[INTEGRITY] = ocp.args.JsonRestore()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise CorruptCheckpointError(
+        f"Cannot restore checkpoint {path} ({_first_line(e)}): it is corrupt or incompatible. "
+        f"{_ADVICE}") from e
+  state = restored["state"]
+  saved_step = state["step"] if isinstance(state, dict) else state.step
+  restored_step = int(np.asarray(jax.device_get(saved_step)))
+  if restored_step != step:
+    raise CorruptCheckpointError(
+        f"Checkpoint {path} holds step {restored_step}, not {step}. {_ADVICE}")
+  return path, state, restored[INTEGRITY] if has_integrity else None
+
+
+def _checked(path: str, tree: PyTree, integrity: dict[str, Any] | None, *,
+             prefix: bool = False) -> None:
+  """`_verify` with the advice appended to its error."""
+  try:
+    _verify(path, tree, integrity, prefix=prefix)
+  except CorruptCheckpointError as e:
+    raise CorruptCheckpointError(f"{e} {_ADVICE}") from None
 
 
 def restore_with_extra(manager: ocp.CheckpointManager, target: PyTree,
@@ -158,51 +241,12 @@ def restore_with_extra(manager: ocp.CheckpointManager, target: PyTree,
   and shardings. Any failure names the checkpoint path and leaves the files as they are:
   CorruptCheckpointError for damaged files, CheckpointError for a different train state.
   """
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-  elif step not in manager.all_steps():
-    raise CheckpointError(f"No checkpoint for step {step} in {manager.directory}; there are "
-                          f"{sorted(manager.all_steps())}.")
-  path = step_dir(manager, step)
-  advice = ("It was left untouched; move it away to restart from the previous one, or use a "
-            "new --workdir.")
-  metadata_file = os.path.join(path, "state", "_METADATA")
-  if not os.path.isfile(metadata_file):
-    raise CorruptCheckpointError(f"Checkpoint {path} is incomplete: {metadata_file} is "
-                                 f"missing. {advice}")
-  try:
-    stored = manager.item_metadata(step)["state"]
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    raise CorruptCheckpointError(
-        f"Cannot read checkpoint metadata at {path} ({_first_line(e)}): it is corrupt or was "
-        f"written by an incompatible version. {advice}") from e
-  if stored is None:
-    raise CorruptCheckpointError(f"Checkpoint {path} has no readable 'state' item. {advice}")
-  _check_compatible(path, stored, target)
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
-  items = {"state": ocp.args.StandardRestore(abstract)}
-  has_integrity = os.path.isdir(os.path.join(path, INTEGRITY))
-  if has_integrity:
-    items[INTEGRITY] = ocp.args.JsonRestore()
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(**items))
-  except Exception as e:  # pylint: disable=broad-exception-caught
-    raise CorruptCheckpointError(
-        f"Cannot restore checkpoint {path} ({_first_line(e)}): it is corrupt or incompatible. "
-        f"{advice}") from e
-  integrity = restored[INTEGRITY] if has_integrity else None
-  try:
-    _verify(path, restored["state"], integrity)
-  except CorruptCheckpointError as e:
-    raise CorruptCheckpointError(f"{e} {advice}") from None
-  restored_step = int(np.asarray(jax.device_get(restored["state"].step)))
-  if restored_step != step:
-    raise CorruptCheckpointError(
-        f"Checkpoint {path} holds step {restored_step}, not {step}. {advice}")
-  return restored["state"], dict((integrity or {}).get("extra") or {})
+  read = _read(manager, step, target)
+  if read is None:
+    return None
+  path, state, integrity = read
+  _checked(path, state, integrity)
+  return state, dict((integrity or {}).get("extra") or {})
 
 
 def restore(manager: ocp.CheckpointManager, target: PyTree,
@@ -210,6 +254,54 @@ def restore(manager: ocp.CheckpointManager, target: PyTree,
   """Restores checkpoint `step` (default: the latest) into the structure of `target`, or None."""
   restored = restore_with_extra(manager, target, step)
   return None if restored is None else restored[0]
+
+
+# The train-state fields sampling needs; they are the first fields of the saved state, so their
+# leaves are the first of its checksums.
+INFERENCE_ITEMS = ("step", "params", "ema_params")
+
+
+def restore_for_inference(manager: ocp.CheckpointManager, step: int | None = None
+                          ) -> dict[str, Any] | None:
+  """{"step", "params", "ema_params"} of checkpoint `step`, or None if there is none.
+
+  Needs no train state to restore into (no optimizer, no encoder): the arrays are read as
+  stored and checked against their checksums. Without `step`, the newest checkpoint that
+  verifies; newer damaged ones are reported and skipped (never moved: this is read-only).
+  """
+  def read_one(s: int | None) -> dict[str, Any] | None:
+    read = _read(manager, s, None)
+    if read is None:
+      return None
+    path, state, integrity = read
+    picked = {k: state[k] for k in INFERENCE_ITEMS}
+    _checked(path, tuple(picked[k] for k in INFERENCE_ITEMS), integrity, prefix=True)
+    return picked
+
+  if step is not None:
+    return read_one(step)
+  restored, failures = _newest_good(manager, read_one)
+  for _, error in failures:
+    logging.warning("%s\nUsing the older checkpoint %s.", error,
+                    step_dir(manager, int(restored["step"])))
+  return restored
+
+
+def _newest_good(manager: ocp.CheckpointManager, read_one: Any
+                 ) -> tuple[Any, list[tuple[int, CorruptCheckpointError]]]:
+  """(the first `read_one(step)` that succeeds, newest step first; the corrupt ones skipped).
+
+  (None, []) when there is no checkpoint; if none is good, the newest one's error is raised.
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return read_one(step), failures
+    except CorruptCheckpointError as e:
+      failures.append((step, e))
+  if failures:
+    raise failures[0][1]
+  return None, []
 
 
 def _set_aside(path: str, quarantine_dir: str) -> str:
@@ -230,24 +322,19 @@ def restore_latest_good(manager: ocp.CheckpointManager, target: PyTree, quaranti
   one is good; if none is, the newest one's error is raised and nothing is moved. A
   checkpoint of a different train state (CheckpointError) is raised at once.
   """
-  failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = restore_with_extra(manager, target, step)
-    except CorruptCheckpointError as e:
-      failures.append((step, e))
-      continue
-    for bad_step, error in failures:
-      dest = step_dir(manager, bad_step)
-      if jax.process_index() == 0:
-        dest = _set_aside(dest, quarantine_dir)
-      logging.error("%s\nMoved it to %s; resuming from %s.", error, dest,
-                    step_dir(manager, step))
-    if failures:
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("checkpoint_quarantine")
-      manager.reload()
-    return restored
+  restored, failures = _newest_good(
+      manager, lambda step: (step, restore_with_extra(manager, target, step)))
+  if restored is None:
+    return None
+  good_step, restored = restored
+  for bad_step, error in failures:
+    dest = step_dir(manager, bad_step)
+    if jax.process_index() == 0:
+      dest = _set_aside(dest, quarantine_dir)
+    logging.error("%s\nMoved it to %s; resuming from %s.", error, dest,
+                  step_dir(manager, good_step))
   if failures:
-    raise failures[0][1]
-  return None
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoint_quarantine")
+    manager.reload()
+  return restored

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lookahead_drift.config_util import field as _get
+
 FeatureFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 _PARAMS_SUBDIR = "params"
 _CONFIG_FILE = "config.json"
@@ -156,12 +158,6 @@ def load_encoder(directory: str, dtype: Any = jnp.float32
 
 
 # ----------------------------------------------------------------------------- entry point
-
-
-def _get(config: Any, key: str, default: Any) -> Any:
-  value = getattr(config, key, default) if not isinstance(config, dict) else config.get(
-      key, default)
-  return default if value is None else value
 
 
 def create_feature_fn(encoder_config: Any) -> tuple[FeatureFn, Any]:

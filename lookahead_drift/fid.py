@@ -1,375 +1,41 @@
-"""FID and KID of uint8 image sets, with the FID Inception-v3 of `inception.py`.
+"""The fid binary: FID and KID of two image sets or statistics files, or a data set's statistics.
 
   python -m lookahead_drift.fid A.npz B.npz [--inception_weights=PATH] [--batch_size=200]
   python -m lookahead_drift.fid --ref fashion_mnist --out fashion_mnist_train.npz
   python -m lookahead_drift.fid --ref cifar10 --data_dir=cifar-10-python.tar.gz --out c10.npz
 
-A and B are each an `.npz` with uint8 images [N, H, W, 1|3] under `images`, or statistics saved
-by this module (`mu`, `sigma`, `count`, `weights_sha256`, `resize`). The last line printed is
-`FID <value>`; KID is printed too when both are image sets. Statistics are accumulated in
-float64 over any number of images; the covariance is the unbiased one (ddof=1, as np.cov in
-the reference TTUR and pytorch-fid code).
+A and B are `.npz` files with uint8 images [N, H, W, 1|3] under `images`, or statistics; the
+last line printed is `FID <value>`. The computation is `fid_kid.run`.
 """
 
-from __future__ import annotations
+from absl import flags
 
-import argparse
-import dataclasses
-import os
-import pathlib
-import sys
-import zipfile
-from collections.abc import Iterable
-from typing import Any
-
-import numpy as np
-import scipy.linalg
-
-FID_METHODS = ("eigh", "sqrtm")
-_STATS_KEYS = ("mu", "sigma", "count")
+from lookahead_drift import cli
+from lookahead_drift import fid_kid
 
 
-# ---------------------------------------------------------------------------------------------
-# Statistics.
-
-
-@dataclasses.dataclass(frozen=True)
-class Stats:
-  """Mean and covariance of Inception features, and what they were computed with."""
-  mu: np.ndarray  # [D] float64
-  sigma: np.ndarray  # [D, D] float64
-  count: int
-  weights_sha256: str = ""  # `inception.params_sha256` of the network; "" if unknown.
-  resize: str = ""  # `inception.RESIZE_METHODS` entry used; "" if unknown.
-
-
-def _check_features(name: str, feats: Any, min_count: int = 2) -> np.ndarray:
-  feats = np.asarray(feats)
-  if feats.ndim != 2:
-    raise ValueError(f"{name} must be features [N, D], got shape {feats.shape}")
-  if not np.issubdtype(feats.dtype, np.floating):
-    raise ValueError(f"{name} must be floating point features, got dtype {feats.dtype}")
-  if feats.shape[0] < min_count:
-    raise ValueError(f"{name} needs at least {min_count} samples, got {feats.shape[0]}")
-  return feats
-
-
-class StatsAccumulator:
-  """Streaming float64 mean and covariance of feature batches.
-
-  Sums are taken around the first batch's mean so that the covariance does not lose digits
-  to a large common offset.
-  """
-
-  def __init__(self) -> None:
-    self.count = 0
-    self._shift: np.ndarray | None = None
-    self._sum: np.ndarray | None = None
-    self._sum_sq: np.ndarray | None = None
-
-  def update(self, feats: Any) -> None:
-    feats = _check_features("feats", feats, min_count=0).astype(np.float64)
-    if feats.shape[0] == 0:
-      return
-    if self._shift is None:
-      d = feats.shape[1]
-      self._shift = feats.mean(axis=0)
-      self._sum, self._sum_sq = np.zeros(d), np.zeros((d, d))
-    elif feats.shape[1] != self._shift.shape[0]:
-      raise ValueError(f"feats has dimension {feats.shape[1]}, earlier batches "
-                       f"{self._shift.shape[0]}")
-    x = feats - self._shift
-    self._sum += x.sum(axis=0)
-    self._sum_sq += x.T @ x
-    self.count += feats.shape[0]
-
-  def result(self, weights_sha256: str = "", resize: str = "") -> Stats:
-    if self.count < 2:
-      raise ValueError(f"statistics need at least 2 samples, got {self.count}")
-    mean = self._sum / self.count
-    sigma = (self._sum_sq - self.count * np.outer(mean, mean)) / (self.count - 1)
-    sigma = (sigma + sigma.T) / 2  # Exactly symmetric.
-    return Stats(self._shift + mean, sigma, self.count, weights_sha256, resize)
-
-
-def stats_from_features(feats: Any, weights_sha256: str = "", resize: str = "") -> Stats:
-  acc = StatsAccumulator()
-  acc.update(_check_features("feats", feats))
-  return acc.result(weights_sha256, resize)
-
-
-def save_stats(path: str | os.PathLike, stats: Stats) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  with open(path, "wb") as f:  # A file object keeps np.savez from appending ".npz".
-    np.savez(f, mu=stats.mu, sigma=stats.sigma, count=np.int64(stats.count),
-             weights_sha256=np.array(stats.weights_sha256), resize=np.array(stats.resize))
-
-
-def _stats_from_npz(data: Any, path: Any) -> Stats:
-  missing = [k for k in _STATS_KEYS if k not in data]
-  if missing:
-    raise ValueError(f"{path} is not a statistics file: missing {missing}")
-  mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
-  d = mu.shape[0] if mu.ndim == 1 else -1
-  if mu.ndim != 1 or sigma.shape != (d, d):
-    raise ValueError(f"{path}: mu must be [D] and sigma [D, D], got {mu.shape}, {sigma.shape}")
-  text = lambda k: str(data[k]) if k in data else ""
-  return Stats(mu, sigma, int(data["count"]), text("weights_sha256"), text("resize"))
-
-
-def _open_npz(path: str | os.PathLike) -> Any:
-  """np.load of an .npz, with a ValueError naming the file if it is anything else."""
-  if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f"no file at {path}")
-  hint = "expected an .npz written by np.savez (uint8 'images', or statistics 'mu', 'sigma')"
-  if not zipfile.is_zipfile(path):
-    with open(path, "rb") as f:
-      npy = f.read(6) == b"\x93NUMPY"
-    raise ValueError(f"{path} is {'a single .npy array' if npy else 'not an .npz (zip) file'}; "
-                     f"{hint}, e.g. np.savez(path, images=array)")
-  try:
-    return np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
-    raise ValueError(f"{path} is a damaged .npz ({e}); {hint}") from e
-
-
-def load_stats(path: str | os.PathLike) -> Stats:
-  with _open_npz(path) as data:
-    return _stats_from_npz(data, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# Distances.
-
-
-def _check_gaussian(mu1, sigma1, mu2, sigma2) -> tuple[np.ndarray, ...]:
-  mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-  sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-  for name, mu, sigma in (("1", mu1, sigma1), ("2", mu2, sigma2)):
-    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
-      raise ValueError(f"mu{name} must be [D] and sigma{name} [D, D], got {mu.shape} and "
-                       f"{sigma.shape}")
-  if mu1.shape != mu2.shape:
-    raise ValueError(f"mu1 and mu2 must have the same dimension, got {mu1.shape} and {mu2.shape}")
-  return mu1, sigma1, mu2, sigma2
-
-
-def _trace_sqrt_product_eigh(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-  # With sigma1 = F F^T, sigma1 @ sigma2 has the nonzero eigenvalues of F^T sigma2 F, which is
-  # symmetric PSD: tr sqrt(sigma1 @ sigma2) is the sum of the square roots of its eigenvalues.
-  # F is the Cholesky factor when sigma1 is positive definite (N > D samples, the usual case),
-  # else V sqrt(W) over the positive eigenvalues of sigma1 (few columns when N <= D).
-  try:
-    factor = np.linalg.cholesky(sigma1)
-  except np.linalg.LinAlgError:
-    w, v = np.linalg.eigh(sigma1)
-    keep = w > 0
-    factor = v[:, keep] * np.sqrt(w[keep])
-  m = factor.T @ sigma2 @ factor
-  return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
-
-
-def _trace_sqrt_product_sqrtm(sigma1: np.ndarray, sigma2: np.ndarray, eps: float) -> float:
-  # The reference (TTUR / pytorch-fid) computation.
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-  if not np.isfinite(covmean).all():
-    offset = np.eye(sigma1.shape[0]) * eps
-    covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-  if np.iscomplexobj(covmean):
-    max_imag = np.max(np.abs(np.diagonal(covmean).imag))
-    if max_imag > 1e-3:
-      raise ValueError(f"sqrtm(sigma1 @ sigma2) has an imaginary component {max_imag}: the "
-                       "covariances are not positive semi-definite enough; try method='eigh'")
-    covmean = covmean.real
-  return float(np.trace(covmean))
-
-
-def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, method: str = "eigh",
-                     eps: float = 1e-6) -> float:
-  """‖mu1 − mu2‖² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^½), in float64.
-
-  `method="eigh"` (default) takes the trace through a factor of sigma1 and a symmetric
-  eigendecomposition: exact for the PSD covariances FID uses, never complex, and much faster
-  than sqrtm of the non-symmetric product at D = 2048 on a CPU.
-  `method="sqrtm"` is the reference scipy.linalg.sqrtm computation with its eps-offset fallback.
-  """
-  if method not in FID_METHODS:
-    raise ValueError(f"method must be one of {FID_METHODS}, got {method!r}")
-  mu1, sigma1, mu2, sigma2 = _check_gaussian(mu1, sigma1, mu2, sigma2)
-  if method == "eigh":
-    tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
-  else:
-    tr_covmean = _trace_sqrt_product_sqrtm(sigma1, sigma2, eps)
-  diff = mu1 - mu2
-  return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
-
-
-def check_compatible(a: Stats, b: Stats) -> None:
-  """Raises ValueError if two statistics come from different networks or preprocessing."""
-  if a.mu.shape != b.mu.shape:
-    raise ValueError(f"statistics have different dimensions: {a.mu.shape} and {b.mu.shape}")
-  for field in ("weights_sha256", "resize"):
-    va, vb = getattr(a, field), getattr(b, field)
-    if va and vb and va != vb:
-      raise ValueError(f"statistics were computed with different {field}: {va!r} and {vb!r}")
-
-
-def fid_from_stats(a: Stats, b: Stats, method: str = "eigh") -> float:
-  check_compatible(a, b)
-  return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method=method)
-
-
-def kid(feats1: Any, feats2: Any, *, num_subsets: int = 100, max_subset_size: int = 1000,
-        seed: int = 0) -> tuple[float, float]:
-  """Kernel Inception Distance: (mean, std) over subsets of the unbiased MMD².
-
-  Kernel k(x, y) = (x·y / d + 1)³. Each subset draws m = min(N1, N2, max_subset_size) samples
-  of each set without replacement, as in the KID paper's and StyleGAN's code.
-  """
-  x_all = _check_features("feats1", feats1).astype(np.float64)
-  y_all = _check_features("feats2", feats2).astype(np.float64)
-  if x_all.shape[1] != y_all.shape[1]:
-    raise ValueError(f"feats1 and feats2 have different dimensions: {x_all.shape[1]} and "
-                     f"{y_all.shape[1]}")
-  if num_subsets < 1 or max_subset_size < 2:
-    raise ValueError(f"need num_subsets >= 1 and max_subset_size >= 2, got {num_subsets} and "
-                     f"{max_subset_size}")
-  d = x_all.shape[1]
-  m = min(len(x_all), len(y_all), max_subset_size)
-  rng = np.random.default_rng(seed)
-  values = np.empty(num_subsets)
-  for i in range(num_subsets):
-    x = x_all[rng.choice(len(x_all), m, replace=False)]
-    y = y_all[rng.choice(len(y_all), m, replace=False)]
-    kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-    within = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    values[i] = within - 2 * kxy.sum() / (m * m)
-  return float(values.mean()), float(values.std())
-
-
-# ---------------------------------------------------------------------------------------------
-# From images.
-
-
-def compute_stats(images: np.ndarray | Iterable[np.ndarray], extractor: Any, *,
-                  total: int | None = None, progress: bool = False) -> Stats:
-  """Statistics of uint8 images (one [N, H, W, C] array or an iterable of batches)."""
-  if isinstance(images, np.ndarray):
-    from lookahead_drift import inception  # pylint: disable=g-import-not-at-top
-    inception.check_images(images)
-    array, total, bs = images, len(images), extractor.batch_size
-    images = (array[i:i + bs] for i in range(0, total, bs))
-  acc = StatsAccumulator()
-  for feats in extractor.iter_features(images, total=total, progress=progress):
-    acc.update(feats)
-  return acc.result(extractor.weights_sha256, extractor.resize)
-
-
-def load_input(path: str) -> tuple[str, Any]:
-  """('images', uint8 array) or ('stats', Stats) from an .npz given on the command line."""
-  with _open_npz(path) as data:
-    if "images" in data:
-      images = data["images"]
-      from lookahead_drift import inception  # pylint: disable=g-import-not-at-top
-      inception.check_images(images, f"{path}['images']")
-      if len(images) < 2:
-        raise ValueError(f"{path}['images'] needs at least 2 images, got {len(images)}")
-      return "images", images
-    if "mu" in data and "sigma" in data:
-      return "stats", _stats_from_npz(data, path)
-    raise ValueError(f"{path} has neither an 'images' array nor statistics ('mu', 'sigma'); "
-                     f"keys: {sorted(data.files)}")
-
-
-MIN_RELIABLE_SAMPLES = 2048  # the feature dimension: fewer samples give a singular covariance
-
-
-def input_warnings(paths: list[str], loaded: list[tuple[str, Any]], counts: list[int]
-                   ) -> list[str]:
-  """Warnings about inputs that give a number of little meaning (few samples, grey vs RGB)."""
-  warnings = [f"warning: {path} has only {n} samples; FID from fewer than "
-              f"{MIN_RELIABLE_SAMPLES} is dominated by its bias (use 10k-50k)"
-              for path, n in zip(paths, counts) if n < MIN_RELIABLE_SAMPLES]
-  channels = [value.shape[-1] for kind, value in loaded if kind == "images"]
-  if len(channels) == 2 and channels[0] != channels[1]:
-    warnings.append(f"warning: {paths[0]} has {channels[0]} channel(s) and {paths[1]} "
-                    f"{channels[1]}: grey images are repeated to RGB, so colour alone makes "
-                    "the sets differ")
-  return warnings
-
-
-def _reference_images(name: str, data_dir: str | None, split: str) -> np.ndarray:
-  """uint8 images of a data set split, read by the training input pipeline."""
-  from lookahead_drift import input_pipeline  # pylint: disable=g-import-not-at-top
-  images, _ = input_pipeline.load_images({"name": name, "split": split, "data_dir": data_dir})
-  return images
-
-
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      description="FID (and KID) between two image sets or statistics files, or reference "
-                  "statistics of a data set (--ref).")
-  parser.add_argument("inputs", nargs="*", help="two .npz files: uint8 'images' or statistics")
-  parser.add_argument("--inception_weights", default=None,
-                      help="converted weights (default $LOOKAHEAD_DRIFT_INCEPTION or "
-                           "~/.cache/lookahead_drift/inception_fid.npz)")
-  parser.add_argument("--batch_size", type=int, default=200)
-  parser.add_argument("--resize", default="tf1", choices=("tf1", "half_pixel"))
-  parser.add_argument("--fid_method", default="eigh", choices=FID_METHODS)
-  parser.add_argument("--kid_subsets", type=int, default=100)
-  parser.add_argument("--kid_subset_size", type=int, default=1000)
-  parser.add_argument("--ref", choices=("fashion_mnist", "cifar10"), default=None,
-                      help="compute reference statistics of this data set into --out")
-  parser.add_argument("--data_dir", default=None,
-                      help="for --ref: Fashion-MNIST IDX directory or CIFAR-10 archive/dir")
-  parser.add_argument("--split", default="train", choices=("train", "test"))
-  parser.add_argument("--max_images", type=int, default=None,
-                      help="for --ref: use only the first N images (a quick check)")
-  parser.add_argument("--out", default=None, help="for --ref: where to write the statistics")
-  args = parser.parse_args(argv)
-
-  from lookahead_drift import inception  # pylint: disable=g-import-not-at-top
-  make_extractor = lambda: inception.FeatureExtractor(
-      args.inception_weights, batch_size=args.batch_size, resize=args.resize)
-
-  if args.ref:
-    if args.inputs or not args.out:
-      raise ValueError("--ref takes no positional inputs and needs --out=PATH")
-    images = _reference_images(args.ref, args.data_dir, args.split)
-    if args.max_images is not None:
-      images = images[:args.max_images]
-    print(f"{args.ref} {args.split}: {images.shape} images", file=sys.stderr)
-    stats = compute_stats(images, make_extractor(), progress=True)
-    save_stats(args.out, stats)
-    print(f"wrote {args.out}: {stats.count} images, weights sha256 {stats.weights_sha256}")
-    return
-
-  if len(args.inputs) != 2:
-    raise ValueError(f"expected two inputs A B (or --ref), got {len(args.inputs)}: "
-                     f"{args.inputs}")
-  loaded = [load_input(p) for p in args.inputs]
-  extractor = make_extractor() if any(kind == "images" for kind, _ in loaded) else None
-  stats, feats = [], []
-  for path, (kind, value) in zip(args.inputs, loaded):
-    if kind == "images":
-      print(f"{path}: {value.shape} images", file=sys.stderr)
-      f = extractor(value, progress=True)
-      feats.append(f)
-      stats.append(stats_from_features(f, extractor.weights_sha256, extractor.resize))
-    else:
-      stats.append(value)
-  for path, s in zip(args.inputs, stats):
-    print(f"{path}: {s.count} samples")
-  for warning in input_warnings(args.inputs, loaded, [s.count for s in stats]):
-    print(warning, file=sys.stderr)
-  if len(feats) == 2:
-    kid_mean, kid_std = kid(*feats, num_subsets=args.kid_subsets,
-                            max_subset_size=args.kid_subset_size)
-    print(f"KID {kid_mean:.6g} (std {kid_std:.3g} over {args.kid_subsets} subsets)")
-  print(f"FID {fid_from_stats(*stats, method=args.fid_method):.6f}")
+def main(argv: list[str]) -> None:
+  f = flags.FLAGS
+  fid_kid.run(argv[1:], ref=f.ref, out=f.out, data_dir=f.data_dir, split=f.split,
+              max_images=f.max_images, inception_weights=f.inception_weights,
+              batch_size=f.batch_size, resize=f.resize, fid_method=f.fid_method,
+              kid_subsets=f.kid_subsets, kid_subset_size=f.kid_subset_size)
 
 
 if __name__ == "__main__":
-  from lookahead_drift import cli  # pylint: disable=g-import-not-at-top
-  cli.run(lambda argv: main(argv[1:]))
+  flags.DEFINE_string("inception_weights", None, "Converted weights (default "
+                      "$LOOKAHEAD_DRIFT_INCEPTION or ~/.cache/lookahead_drift/inception_fid.npz).")
+  flags.DEFINE_integer("batch_size", 200, "Inception batch size.")
+  flags.DEFINE_enum("resize", "tf1", ["tf1", "half_pixel"], "Resize to 299: TF1's bilinear "
+                    "sampling, or pytorch-fid's half-pixel variant.")
+  flags.DEFINE_enum("fid_method", "eigh", list(fid_kid.FID_METHODS), "Matrix square root.")
+  flags.DEFINE_integer("kid_subsets", 100, "KID: number of subsets.")
+  flags.DEFINE_integer("kid_subset_size", 1000, "KID: largest subset size.")
+  flags.DEFINE_enum("ref", None, ["fashion_mnist", "cifar10"],
+                    "Compute reference statistics of this data set into --out.")
+  flags.DEFINE_string("data_dir", None,
+                      "For --ref: Fashion-MNIST IDX directory or CIFAR-10 archive/dir.")
+  flags.DEFINE_enum("split", "train", ["train", "test"], "For --ref: the split.")
+  flags.DEFINE_integer("max_images", None, "For --ref: use only the first N images.")
+  flags.DEFINE_string("out", None, "For --ref: where to write the statistics.")
+  cli.run_absl(main)

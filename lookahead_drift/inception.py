@@ -19,7 +19,6 @@ import hashlib
 import os
 import pathlib
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -29,7 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from jax import lax
-from jax.sharding import NamedSharding, PartitionSpec as P
+
+from lookahead_drift import progress as progress_lib
+from lookahead_drift import sharding
 
 WEIGHTS_ENV_VAR = "LOOKAHEAD_DRIFT_INCEPTION"
 DEFAULT_WEIGHTS_PATH = "~/.cache/lookahead_drift/inception_fid.npz"
@@ -327,8 +328,8 @@ def _network(params: Any, x: jax.Array) -> jax.Array:
 class FeatureExtractor:
   """uint8 images -> float32 [N, 2048] pool3 features, jit-ed and sharded over devices.
 
-  Batches are split along a 1-D device mesh (the batch size is rounded up to a multiple of the
-  device count) and the last batch is zero-padded. Preprocessing and the network are jit-ed
+  Batches are split over the "data" axis of the package's mesh (`sharding.create_mesh`; the
+  batch size is rounded up to a multiple of the device count) and the last batch is zero-padded. Preprocessing and the network are jit-ed
   apart, so a new image size compiles only the (cheap) resize.
   """
 
@@ -342,10 +343,10 @@ class FeatureExtractor:
     devices = devices or jax.devices()
     self.resize = resize
     self.batch_size = -(-batch_size // len(devices)) * len(devices)
-    self.mesh = jax.make_mesh((len(devices),), ("batch",), devices=devices)
-    self._batch_sharding = NamedSharding(self.mesh, P("batch"))
+    self.mesh = sharding.create_mesh(1, devices)
+    self._batch_sharding = sharding.batch_sharding(self.mesh)
     params, self.weights_sha256 = load_params(weights, allow_other_weights=allow_other_weights)
-    self.params = jax.device_put(params, NamedSharding(self.mesh, P()))
+    self.params = jax.device_put(params, sharding.replicated(self.mesh))
     self._preprocess = jax.jit(preprocess, static_argnums=1,
                                out_shardings=self._batch_sharding)
     self._network = jax.jit(_network, out_shardings=self._batch_sharding)
@@ -363,21 +364,15 @@ class FeatureExtractor:
 
     With `progress`, prints images/s (and an ETA when `total` is given) to stderr every ~10 s.
     """
-    start = last = time.perf_counter()
+    meter = progress_lib.Progress(total, unit="images")
     done = 0
     pending: list[np.ndarray] = []
     num_pending = 0
 
     def report(force: bool = False) -> None:
-      nonlocal last
-      now = time.perf_counter()
-      if progress and (force or now - last > 10):
-        last = now
-        rate = done / max(now - start, 1e-9)
-        eta = f", ETA {(total - done) / max(rate, 1e-9):.0f} s" if total else ""
-        of = f"/{total}" if total else ""
-        print(f"inception: {done}{of} images, {rate:.1f} images/s{eta}", file=sys.stderr,
-              flush=True)
+      if progress and (force or meter.seconds_since_update() > 10):
+        meter.update(done)
+        print(f"inception: {meter.describe()}", file=sys.stderr, flush=True)
 
     for i, batch in enumerate(batches):
       batch = np.asarray(batch)

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from lookahead_drift.config_util import field as _get
+
 TOY_DATASETS = ("eight_gaussians", "checkerboard", "swiss_roll")
 IMAGE_DATASETS = ("fashion_mnist", "cifar10")
 DATASETS = TOY_DATASETS + IMAGE_DATASETS
@@ -37,12 +39,6 @@ _CIFAR_HOWTO = (
     "Put the original cifar-10-python.tar.gz or cifar-10-binary.tar.gz (or their extracted "
     "cifar-10-batches-py / cifar-10-batches-bin folders) in data_config.data_dir, or set "
     "data_config.source = 'tfds' to read a prepared tfds `cifar10`.")
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-  """Reads an optional field from a ConfigDict or any attribute object."""
-  return getattr(config, key, default) if not isinstance(config, dict) else config.get(
-      key, default)
 
 
 # ----------------------------------------------------------------------------- toy data

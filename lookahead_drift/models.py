@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lookahead_drift.config_util import field as _field
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -85,7 +87,8 @@ def _group_norm(x: jax.Array, dtype: Any, name: str | None = None) -> jax.Array:
 
 
 class ResBlock(nn.Module):
-  """GroupNorm-SiLU-Conv twice with a skip; the condition shifts the first activation."""
+  """GroupNorm-SiLU-Conv twice with a skip; the condition scales and shifts the second
+  normalised activation (after the norm: a shift before it would be normalised away)."""
 
   channels: int
   dtype: Any = jnp.float32
@@ -95,10 +98,12 @@ class ResBlock(nn.Module):
     conv = lambda n, name: nn.Conv(n, (3, 3), dtype=self.dtype, param_dtype=jnp.float32,
                                    name=name)
     h = conv(self.channels, "conv1")(nn.silu(_group_norm(x, self.dtype, "norm1")))
+    h = _group_norm(h, self.dtype, "norm2")
     if cond is not None:
-      h = h + nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32,
-                       name="cond")(cond)[:, None, None, :]
-    h = conv(self.channels, "conv2")(nn.silu(_group_norm(h, self.dtype, "norm2")))
+      scale, shift = jnp.split(nn.Dense(2 * self.channels, dtype=self.dtype,
+                                        param_dtype=jnp.float32, name="cond")(cond), 2, -1)
+      h = h * (1.0 + scale[:, None, None, :]) + shift[:, None, None, :]
+    h = conv(self.channels, "conv2")(nn.silu(h))
     if x.shape[-1] != self.channels:
       x = nn.Dense(self.channels, dtype=self.dtype, param_dtype=jnp.float32, name="skip")(x)
     return x + h
@@ -178,12 +183,6 @@ class UNetGenerator(nn.Module):
     h = nn.silu(_group_norm(h, self.dtype))
     out = conv(self.out_channels)(h).astype(jnp.float32)
     return jnp.tanh(out) if self.output_activation == "tanh" else out
-
-
-def _field(config: Any, key: str, default: Any) -> Any:
-  value = getattr(config, key, default) if not isinstance(config, dict) else config.get(
-      key, default)
-  return default if value is None else value
 
 
 def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:

@@ -1,13 +1,17 @@
-"""Device mesh, shardings and host-to-global batch assembly.
+"""Device mesh, shardings, host-to-global batches and joining a multi-process run.
 
-The mesh has axes ("data", "model"). Batches are split over "data"; parameters are
-replicated, or (with `shard_params`) split along their last axis over "model".
+The one mesh convention of the package: axes ("data", "model"). Batches (training batches,
+Inception batches) are split over "data"; parameters are replicated, or (with `shard_params`)
+split along their last axis over "model".
 """
 
+import os
 from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 PyTree = Any
@@ -74,3 +78,22 @@ def replicate(tree: PyTree, mesh: Mesh) -> PyTree:
     x = np.asarray(x)
     return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
   return jax.tree.map(put, tree)
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """A numpy copy of (possibly multi-process sharded) arrays on every process."""
+  if jax.process_count() > 1:
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.device_get(tree)
+
+
+def maybe_initialize_distributed(coordinator_address: str | None, num_processes: int | None,
+                                 process_id: int | None) -> None:
+  """Joins a multi-process run when flags or a detectable cluster environment say so."""
+  cluster_env = any(int(os.environ.get(k, "1")) > 1
+                    for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
+  if coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or cluster_env:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())

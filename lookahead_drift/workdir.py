@@ -19,6 +19,7 @@ import socket
 import time
 from typing import Any
 
+import ml_collections
 from absl import logging
 
 from lookahead_drift import cli
@@ -128,6 +129,16 @@ def read_config(workdir: str) -> dict[str, Any] | None:
       return json.load(f)
     except ValueError as e:
       raise cli.UserError(f"{path} is not valid JSON ({e}); restore it or delete it.") from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config as saved in WORKDIR/config.json; a UserError if there is none."""
+  saved = read_config(workdir)
+  if saved is None:
+    raise cli.UserError(
+        f"{os.path.join(workdir, CONFIG_FILE)} does not exist (is --workdir a training run's "
+        "folder?); pass --config=the training config to use instead.")
+  return ml_collections.ConfigDict(saved)
 
 
 def check_config(saved: dict[str, Any] | None, new: dict[str, Any], *, resuming: bool,

@@ -16,9 +16,9 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import checkpoint, cli, metrics_io, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import checkpoint, cli, metrics_io, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OVERRIDES = {"num_steps": 3, "sample.every": 1000}
 
@@ -31,7 +31,7 @@ def _digest(root: pathlib.Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("ckpt") / "run"
-  train.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
+  train_loop.run(smoke_config(**OVERRIDES), str(workdir))
   assert (workdir / "checkpoints" / "3").is_dir()
   return workdir
 
@@ -71,20 +71,20 @@ def test_corrupt_checkpoint_names_path_and_is_left_intact(trained, tmp_path, cor
   before = _digest(workdir / "checkpoints")
   with pytest.raises(checkpoint.CorruptCheckpointError, match=f"{step_dir}.*{message}|"
                      f"{message}.*{step_dir}"):
-    train.train_and_evaluate(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+    train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
   assert _digest(workdir / "checkpoints") == before
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous_and_is_kept(tmp_path):
   config = smoke_config(**{"num_steps": 9, "sample.every": 1000, "checkpoint.keep": 3})
-  full = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "full")))
+  full = jax.device_get(train_loop.run(config, str(tmp_path / "full")))
   workdir = tmp_path / "run"
-  train.train_and_evaluate(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+  train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
   _corrupt_silently(workdir / "checkpoints" / "6")
   bad = _digest(workdir / "checkpoints" / "6")
   with pytest.raises(checkpoint.CorruptCheckpointError, match="fails its checksum"):
-    train.restore_for_eval(config, str(workdir))
-  resumed = jax.device_get(train.train_and_evaluate(config, str(workdir)))  # from step 3
+    restore_train_state(config, str(workdir))
+  resumed = jax.device_get(train_loop.run(config, str(workdir)))  # from step 3
   assert _digest(workdir / "corrupt_checkpoints" / "6") == bad
   jax.tree.map(np.testing.assert_array_equal, resumed.params, full.params)
   assert _digest(workdir / "checkpoints" / "9")
@@ -97,10 +97,10 @@ def test_incompatible_checkpoint_names_path_and_is_left_intact(trained, tmp_path
   config = smoke_config(**{**OVERRIDES, "num_steps": 6})
   config.model.hidden = (16, 16)
   with pytest.raises(cli.UserError, match=r"model.hidden: \[32, 32\] -> \[16, 16\]"):
-    train.train_and_evaluate(config, str(workdir))
+    train_loop.run(config, str(workdir))
   with pytest.raises(checkpoint.CheckpointError,
                      match=f"{workdir / 'checkpoints' / '3'}.*does not match"):
-    train.train_and_evaluate(config, str(workdir), allow_config_change=True)
+    train_loop.run(config, str(workdir), allow_config_change=True)
   assert _digest(workdir / "checkpoints") == before
 
 
@@ -134,7 +134,7 @@ def test_signal_saves_exits_3_then_relaunch_continues(tmp_path, signum):
   assert (f"preempted at step {last_logged} of 100000; relaunch the same command to continue"
           in err.splitlines()[-1]) and "Traceback" not in err
 
-  state = train.train_and_evaluate(smoke_config(num_steps=last_logged + 2, log_every=1),
+  state = train_loop.run(smoke_config(num_steps=last_logged + 2, log_every=1),
                                    str(workdir))
   assert int(jax.device_get(state.step)) == last_logged + 2
   steps = [r["step"] for r in metrics_io.read_jsonl(str(metrics))]
@@ -159,7 +159,7 @@ def test_random_sigkills_end_like_an_uninterrupted_run(tmp_path):
   the final state and metrics.jsonl equal those of a run that was never stopped."""
   flags = {"num_steps": 60, "log_every": 2, "checkpoint.every": 1, "checkpoint.keep": 2,
            "sample.every": 1000}
-  full = jax.device_get(train.train_and_evaluate(  # checkpoint cadence changes nothing else
+  full = jax.device_get(train_loop.run(  # checkpoint cadence changes nothing else
       smoke_config(**{**flags, "checkpoint.every": 1000}), str(tmp_path / "full")))
   # Relaunches reuse compiled programs, so that the test spends its time training.
   env = subprocess_env(JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
@@ -188,7 +188,7 @@ def test_random_sigkills_end_like_an_uninterrupted_run(tmp_path):
   proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
   assert proc.returncode == 0, proc.stderr[-3000:]
 
-  resumed = jax.device_get(train.restore_for_eval(smoke_config(**flags), str(workdir)))
+  resumed = jax.device_get(restore_train_state(smoke_config(**flags), str(workdir)))
   for name in ("step", "params", "ema_params", "opt_state", "rng"):
     jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name), getattr(full, name))
   records = [{k: v for k, v in r.items() if k != "steps_per_sec"}

@@ -12,7 +12,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import cli, fid, train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import cli, fid_kid, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TOY = ["--config=configs/toy2d.py:smoke", "--config.tensorboard=False"]
 LOG_LINE = re.compile(r"^[IWEF]\d{4} ")  # absl log lines (progress, warnings)
@@ -102,7 +102,7 @@ def test_verbose_shows_the_traceback(tmp_path):
 
 def test_corrupt_checkpoint_is_one_line_without_event_loop_noise(tmp_path):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(smoke_config(num_steps=3, **{"sample.every": 1000}), str(workdir))
+  train_loop.run(smoke_config(num_steps=3, **{"sample.every": 1000}), str(workdir))
   for p in (workdir / "checkpoints" / "3" / "state").rglob("*"):
     if p.is_file() and p.parent.name == "d":
       p.write_bytes(b"\x00garbage" * 100)
@@ -116,8 +116,8 @@ def test_corrupt_checkpoint_is_one_line_without_event_loop_noise(tmp_path):
 
 def test_fid_warns_on_few_samples_and_grey_vs_rgb():
   grey, rgb = np.zeros((2, 8, 8, 1), np.uint8), np.zeros((2, 8, 8, 3), np.uint8)
-  warnings = fid.input_warnings(["a.npz", "b.npz"], [("images", grey), ("images", rgb)], [2, 2])
+  warnings = fid_kid.input_warnings(["a.npz", "b.npz"], [("images", grey), ("images", rgb)], [2, 2])
   assert len(warnings) == 3
   assert "a.npz has only 2 samples" in warnings[0] and "1 channel(s)" in warnings[2]
   big = np.zeros((1, 8, 8, 3), np.uint8)
-  assert not fid.input_warnings(["a", "b"], [("images", big), ("stats", None)], [5000, 5000])
+  assert not fid_kid.input_warnings(["a", "b"], [("images", big), ("stats", None)], [5000, 5000])

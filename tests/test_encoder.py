@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lookahead_drift import encoder, train_encoder
+from lookahead_drift import encoder, encoder_training
 
 
 def test_identity_features():
@@ -140,7 +140,7 @@ def test_train_encoder_end_to_end(tmp_path, capsys):
   data_dir = tmp_path / "data"
   _write_stripes_data(data_dir, np.random.default_rng(0))
   config = _tiny_train_config(data_dir)  # No `objective` field: the classifier.
-  record = train_encoder.train_and_save(config, str(tmp_path / "work"))
+  record = encoder_training.train_and_save(config, str(tmp_path / "work"))
   printed = capsys.readouterr().out
   assert "steps/s" in printed and "test accuracy" in printed and "Saved encoder to" in printed
   assert record["eval_accuracy"] >= 0.9  # Stripe orientation is easy to learn.
@@ -154,7 +154,7 @@ def test_train_encoder_end_to_end(tmp_path, capsys):
 
 
 def test_random_patch_mask_counts_and_alignment():
-  mask = np.asarray(train_encoder.random_patch_mask(jax.random.key(3), 5, 12, 8, 4, 0.5))
+  mask = np.asarray(encoder_training.random_patch_mask(jax.random.key(3), 5, 12, 8, 4, 0.5))
   assert mask.shape == (5, 12, 8, 1) and mask.dtype == bool
   tiles = mask[..., 0].reshape(5, 3, 4, 2, 4)  # [B, gh, patch, gw, patch]
   # Patch-aligned: every 4x4 tile is all masked or all visible.
@@ -162,24 +162,24 @@ def test_random_patch_mask_counts_and_alignment():
   counts = tiles.all(axis=(2, 4)).sum(axis=(1, 2))
   np.testing.assert_array_equal(counts, [round(0.5 * 6)] * 5)
   # 28x28 with 4x4 patches: 49 patches, round(0.6 * 49) = 29 masked per image.
-  big = np.asarray(train_encoder.random_patch_mask(jax.random.key(0), 3, 28, 28, 4, 0.6))
+  big = np.asarray(encoder_training.random_patch_mask(jax.random.key(0), 3, 28, 28, 4, 0.6))
   np.testing.assert_array_equal(big.sum(axis=(1, 2, 3)), [29 * 16] * 3)
   assert not np.array_equal(big[0], big[1])  # Each image draws its own patches.
   with pytest.raises(ValueError, match="patch_size=5 must divide the image size 28x28"):
-    train_encoder.random_patch_mask(jax.random.key(0), 1, 28, 28, 5, 0.6)
+    encoder_training.random_patch_mask(jax.random.key(0), 1, 28, 28, 5, 0.6)
 
 
 def test_masked_mse_only_counts_masked_pixels():
   target = jax.random.uniform(jax.random.key(0), (2, 8, 8, 3), minval=-1, maxval=1)
-  mask = train_encoder.random_patch_mask(jax.random.key(1), 2, 8, 8, 2, 0.5)
+  mask = encoder_training.random_patch_mask(jax.random.key(1), 2, 8, 8, 2, 0.5)
   unmasked = jnp.where(mask, target, 7.0)  # Wrong only where unmasked.
-  assert float(train_encoder.masked_mse(unmasked, target, mask)) == 0.0
+  assert float(encoder_training.masked_mse(unmasked, target, mask)) == 0.0
   prediction = target + 0.5
-  loss = float(train_encoder.masked_mse(prediction, target, mask))
+  loss = float(encoder_training.masked_mse(prediction, target, mask))
   np.testing.assert_allclose(loss, 0.25, rtol=1e-5)
   row, col = np.argwhere(~np.asarray(mask[0, :, :, 0]))[0]
   changed = prediction.at[0, row, col, 1].set(100.0)
-  assert float(train_encoder.masked_mse(changed, target, mask)) == loss
+  assert float(encoder_training.masked_mse(changed, target, mask)) == loss
 
 
 def test_train_encoder_mae_end_to_end(tmp_path, capsys):
@@ -188,7 +188,7 @@ def test_train_encoder_mae_end_to_end(tmp_path, capsys):
   config = _tiny_train_config(data_dir, objective="mae", num_steps=30, log_every=10,
                               learning_rate=5e-3,
                               mae=dict(patch_size=4, mask_ratio=0.6))
-  record = train_encoder.train_and_save(config, str(tmp_path / "work"))
+  record = encoder_training.train_and_save(config, str(tmp_path / "work"))
   printed = capsys.readouterr().out
   assert "test masked-pixel MSE" in printed and "Saved encoder to" in printed
   assert "train acc" not in printed
@@ -207,30 +207,25 @@ def test_train_encoder_mae_end_to_end(tmp_path, capsys):
 def test_train_encoder_rejects_bad_settings(tmp_path):
   with pytest.raises(ValueError, match=r"config.objective='bogus'.*'classifier', 'mae'"):
     # Raised before any data is read: the data folder does not exist.
-    train_encoder.train_and_save(_tiny_train_config(tmp_path / "nowhere", objective="bogus"),
+    encoder_training.train_and_save(_tiny_train_config(tmp_path / "nowhere", objective="bogus"),
                                  str(tmp_path / "work"))
   data_dir = tmp_path / "data"
   _write_stripes_data(data_dir, np.random.default_rng(0))
   with pytest.raises(ValueError, match="patch_size=5 must divide"):
-    train_encoder.train_and_save(
+    encoder_training.train_and_save(
         _tiny_train_config(data_dir, objective="mae", mae=dict(patch_size=5)),
         str(tmp_path / "work"))
   with pytest.raises(ValueError, match="warmup_steps=100 must be >= 0 and less than "
                      "config.num_steps=100"):
-    train_encoder.train_and_save(_tiny_train_config(data_dir, num_steps=100, warmup_steps=100),
+    encoder_training.train_and_save(_tiny_train_config(data_dir, num_steps=100, warmup_steps=100),
                                  str(tmp_path / "work"))
   assert not (tmp_path / "work").exists()
 
 
 def test_mae_config_loads_as_classifier_variant():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path = os.path.join(os.path.dirname(__file__), "..", "configs",
-                      "encoder_fashion_mnist_mae.py")
-  spec = importlib.util.spec_from_file_location("encoder_mae_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  from configs import encoder_fashion_mnist_mae  # pylint: disable=g-import-not-at-top
+  config = encoder_fashion_mnist_mae.get_config()
   assert config.objective == "mae" and config.mae.patch_size == 4
   assert config.mae.mask_ratio == 0.6 and config.data.random_flip and config.learning_rate == 2e-3
-  assert train_encoder.mae_settings(config)["eval_mask_seed"] == 0
+  assert encoder_training.mae_settings(config)["eval_mask_seed"] == 0
   assert config.encoder.widths == (32, 64, 128)  # Inherited from the classifier config.

@@ -20,14 +20,14 @@ _SCRIPT = textwrap.dedent("""
     run = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run)
     from absl import flags
-    from lookahead_drift import drift, train
+    from lookahead_drift import drift, experiment
     workdir, results = sys.argv[2], sys.argv[3]
     flags.FLAGS([sys.argv[0], f"--workdir={workdir}", f"--results={results}"])
 
     kinds = {}
     for method, (kind, overrides) in run.METHODS.items():
       config = run.run_config(method)
-      loss = train.create_loss_config(config)   # raises on an invalid loss override
+      loss = experiment.create_loss_config(config)   # raises on an invalid loss override
       assert isinstance(loss, drift.LossConfig)
       for key, value in overrides.items():
         got = getattr(loss, key)
@@ -56,11 +56,11 @@ _SCRIPT = textwrap.dedent("""
     pathlib.Path(workdir, "k1", "metrics.jsonl").write_text(
         "".join(json.dumps(dict(step=10 * i, steps_per_sec=r)) + "\\n"
                 for i, r in enumerate(rates)))
-    from lookahead_drift import sample
+    from lookahead_drift import pictures
     import numpy as np
     os.makedirs(results, exist_ok=True)
-    sample.save_samples_png(os.path.join(results, "samples_k1_step200.png"),
-                            np.zeros((4, 28, 28, 1), np.float32))
+    pictures.save_samples_png(os.path.join(results, "samples_k1_step200.png"),
+                              np.zeros((4, 28, 28, 1), np.float32))
     run.write_table()
 """)
 

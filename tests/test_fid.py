@@ -1,11 +1,17 @@
 """FID/KID maths, statistics files, data readers and input checks (no torch, no weights)."""
 
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.linalg
 
-from lookahead_drift import fid
+from lookahead_drift import fid_kid
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _random_spd(rng, d, rank=None):
@@ -20,13 +26,13 @@ def _reference_fid(mu1, s1, mu2, s2):
   return np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(inner).real
 
 
-@pytest.mark.parametrize("method", fid.FID_METHODS)
+@pytest.mark.parametrize("method", fid_kid.FID_METHODS)
 def test_frechet_distance_matches_independent_computation(method):
   rng = np.random.default_rng(0)
   d = 24
   mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
   s1, s2 = _random_spd(rng, d), 3 * _random_spd(rng, d)
-  got = fid.frechet_distance(mu1, s1, mu2, s2, method=method)
+  got = fid_kid.frechet_distance(mu1, s1, mu2, s2, method=method)
   np.testing.assert_allclose(got, _reference_fid(mu1, s1, mu2, s2), rtol=1e-9)
 
 
@@ -35,8 +41,8 @@ def test_frechet_distance_closed_form_for_diagonal_covariances():
   a, b = rng.uniform(0.1, 4, 10), rng.uniform(0.1, 4, 10)
   mu1, mu2 = rng.normal(size=10), rng.normal(size=10)
   expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-  for method in fid.FID_METHODS:
-    got = fid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
+  for method in fid_kid.FID_METHODS:
+    got = fid_kid.frechet_distance(mu1, np.diag(a), mu2, np.diag(b), method=method)
     np.testing.assert_allclose(got, expected, rtol=1e-10)
 
 
@@ -44,25 +50,25 @@ def test_frechet_distance_methods_agree_on_rank_deficient_covariances():
   # Fewer samples than dimensions, as with small evaluation sets.
   rng = np.random.default_rng(2)
   x, y = rng.normal(size=(10, 40)), rng.normal(1.0, 2.0, size=(12, 40))
-  a, b = fid.stats_from_features(x), fid.stats_from_features(y)
-  eigh = fid.fid_from_stats(a, b, method="eigh")
-  sqrtm = fid.fid_from_stats(a, b, method="sqrtm")
+  a, b = fid_kid.stats_from_features(x), fid_kid.stats_from_features(y)
+  eigh = fid_kid.fid_from_stats(a, b, method="eigh")
+  sqrtm = fid_kid.fid_from_stats(a, b, method="sqrtm")
   np.testing.assert_allclose(eigh, sqrtm, rtol=1e-6)
 
 
 def test_fid_of_a_set_with_itself_is_zero_and_grows_with_a_shift():
   rng = np.random.default_rng(3)
   feats = rng.gamma(2.0, size=(300, 64))
-  s = fid.stats_from_features(feats)
-  assert abs(fid.fid_from_stats(s, s)) < 1e-9 * np.trace(s.sigma)
-  shifted = fid.stats_from_features(feats + 0.5)
-  np.testing.assert_allclose(fid.fid_from_stats(s, shifted), 64 * 0.25, rtol=1e-9)
+  s = fid_kid.stats_from_features(feats)
+  assert abs(fid_kid.fid_from_stats(s, s)) < 1e-9 * np.trace(s.sigma)
+  shifted = fid_kid.stats_from_features(feats + 0.5)
+  np.testing.assert_allclose(fid_kid.fid_from_stats(s, shifted), 64 * 0.25, rtol=1e-9)
 
 
 def test_streaming_stats_match_numpy_in_float64():
   rng = np.random.default_rng(4)
   feats = (rng.normal(size=(517, 16)) + 1e4).astype(np.float32)  # Large offset on purpose.
-  acc = fid.StatsAccumulator()
+  acc = fid_kid.StatsAccumulator()
   for start, stop in ((0, 1), (1, 200), (200, 200), (200, 517)):
     acc.update(feats[start:stop])
   s = acc.result("abc", "tf1")
@@ -87,7 +93,7 @@ def test_kid_matches_independent_float64_computation():
   x = rng.normal(size=(20, 8)).astype(np.float32)
   y = rng.normal(0.3, 1.2, size=(20, 8)).astype(np.float32)
   # Subsets of all 20 samples are permutations, which MMD² does not see: std must be 0.
-  mean, std = fid.kid(x, y, num_subsets=5, max_subset_size=50)
+  mean, std = fid_kid.kid(x, y, num_subsets=5, max_subset_size=50)
   np.testing.assert_allclose(mean, _reference_kid(x.astype(np.float64), y.astype(np.float64)),
                              rtol=1e-10)
   assert std < 1e-12
@@ -96,34 +102,41 @@ def test_kid_matches_independent_float64_computation():
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
   rng = np.random.default_rng(6)
   x, y = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
-  same, same_std = fid.kid(x, y, num_subsets=20, max_subset_size=100)
-  diff, _ = fid.kid(x, y + 0.5, num_subsets=20, max_subset_size=100)
+  same, same_std = fid_kid.kid(x, y, num_subsets=20, max_subset_size=100)
+  diff, _ = fid_kid.kid(x, y + 0.5, num_subsets=20, max_subset_size=100)
   assert abs(same) < 3 * same_std + 1e-3
   assert diff > 10 * abs(same) and diff > 0.01
 
 
 def test_stats_roundtrip_and_compatibility(tmp_path):
   rng = np.random.default_rng(7)
-  s = fid.stats_from_features(rng.normal(size=(30, 5)), "sha-a", "tf1")
-  fid.save_stats(tmp_path / "s.npz", s)
-  t = fid.load_stats(tmp_path / "s.npz")
+  s = fid_kid.stats_from_features(rng.normal(size=(30, 5)), "sha-a", "tf1")
+  fid_kid.save_stats(tmp_path / "s.npz", s)
+  t = fid_kid.load_stats(tmp_path / "s.npz")
   assert (t.count, t.weights_sha256, t.resize) == (30, "sha-a", "tf1")
   np.testing.assert_array_equal(t.sigma, s.sigma)
-  other = fid.Stats(s.mu, s.sigma, 30, "sha-b", "tf1")
+  other = fid_kid.Stats(s.mu, s.sigma, 30, "sha-b", "tf1")
   with pytest.raises(ValueError, match="weights_sha256"):
-    fid.fid_from_stats(s, other)
+    fid_kid.fid_from_stats(s, other)
   with pytest.raises(ValueError, match="resize"):
-    fid.fid_from_stats(s, fid.Stats(s.mu, s.sigma, 30, "sha-a", "half_pixel"))
+    fid_kid.fid_from_stats(s, fid_kid.Stats(s.mu, s.sigma, 30, "sha-a", "half_pixel"))
 
 
-def test_cli_on_statistics_files(tmp_path, capsys):
+def test_cli_on_statistics_files(tmp_path):
   rng = np.random.default_rng(8)
-  a = fid.stats_from_features(rng.normal(size=(50, 6)))
-  b = fid.stats_from_features(rng.normal(0.2, 1.0, size=(60, 6)))
-  fid.save_stats(tmp_path / "a.npz", a)
-  fid.save_stats(tmp_path / "b.npz", b)
-  fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "--fid_method=sqrtm"])
-  last = capsys.readouterr().out.strip().splitlines()[-1]
+  a = fid_kid.stats_from_features(rng.normal(size=(50, 6)))
+  b = fid_kid.stats_from_features(rng.normal(0.2, 1.0, size=(60, 6)))
+  fid_kid.save_stats(tmp_path / "a.npz", a)
+  fid_kid.save_stats(tmp_path / "b.npz", b)
+  # The documented command line (absl flags), in a process of its own.
+  proc = subprocess.run(
+      [sys.executable, "-m", "lookahead_drift.fid", str(tmp_path / "a.npz"),
+       str(tmp_path / "b.npz"), "--fid_method", "sqrtm"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+          p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)))
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  last = proc.stdout.strip().splitlines()[-1]
   name, value = last.split()
   assert name == "FID"
   np.testing.assert_allclose(float(value), _reference_fid(a.mu, a.sigma, b.mu, b.sigma),
@@ -133,36 +146,36 @@ def test_cli_on_statistics_files(tmp_path, capsys):
 def test_bad_inputs_raise_clear_errors(tmp_path):
   rng = np.random.default_rng(9)
   with pytest.raises(ValueError, match="same dimension"):
-    fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    fid_kid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
   with pytest.raises(ValueError, match="sigma1"):
-    fid.frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+    fid_kid.frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
   with pytest.raises(ValueError, match="method"):
-    fid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3), method="svd")
+    fid_kid.frechet_distance(np.zeros(3), np.eye(3), np.zeros(3), np.eye(3), method="svd")
   with pytest.raises(ValueError, match="at least 2"):
-    fid.stats_from_features(rng.normal(size=(1, 4)))
+    fid_kid.stats_from_features(rng.normal(size=(1, 4)))
   with pytest.raises(ValueError, match=r"\[N, D\]"):
-    fid.kid(rng.normal(size=(5,)), rng.normal(size=(5, 1)))
+    fid_kid.kid(rng.normal(size=(5,)), rng.normal(size=(5, 1)))
   with pytest.raises(ValueError, match="at least 2"):
-    fid.kid(rng.normal(size=(1, 3)), rng.normal(size=(5, 3)))
+    fid_kid.kid(rng.normal(size=(1, 3)), rng.normal(size=(5, 3)))
   with pytest.raises(ValueError, match="at least 2"):
-    fid.StatsAccumulator().result()
+    fid_kid.StatsAccumulator().result()
   np.savez(tmp_path / "nothing.npz", pixels=np.zeros((4, 8, 8, 3), np.uint8))
   with pytest.raises(ValueError, match="neither an 'images'"):
-    fid.main([str(tmp_path / "nothing.npz"), str(tmp_path / "nothing.npz")])
+    fid_kid.run([str(tmp_path / "nothing.npz"), str(tmp_path / "nothing.npz")])
   bad = {"float.npz": np.zeros((4, 8, 8, 3), np.float32),
          "rank.npz": np.zeros((4, 8, 8), np.uint8),
          "one.npz": np.zeros((1, 8, 8, 3), np.uint8)}
   for name, images in bad.items():
     np.savez(tmp_path / name, images=images)
   with pytest.raises(ValueError, match="uint8"):
-    fid.main([str(tmp_path / "float.npz"), str(tmp_path / "rank.npz")])
+    fid_kid.run([str(tmp_path / "float.npz"), str(tmp_path / "rank.npz")])
   with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
-    fid.main([str(tmp_path / "rank.npz"), str(tmp_path / "float.npz")])
+    fid_kid.run([str(tmp_path / "rank.npz"), str(tmp_path / "float.npz")])
   with pytest.raises(ValueError, match="at least 2 images"):
-    fid.main([str(tmp_path / "one.npz"), str(tmp_path / "one.npz")])
+    fid_kid.run([str(tmp_path / "one.npz"), str(tmp_path / "one.npz")])
   with pytest.raises(ValueError, match="two inputs"):
-    fid.main([str(tmp_path / "one.npz")])
+    fid_kid.run([str(tmp_path / "one.npz")])
   with pytest.raises(ValueError, match="--out"):
-    fid.main(["--ref=fashion_mnist"])
+    fid_kid.run([], ref="fashion_mnist")
 
 

@@ -14,10 +14,20 @@ import time
 import numpy as np
 import pytest
 
-from lookahead_drift import fid
+from lookahead_drift import fid_kid
 from lookahead_drift import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _fid_command(*args: str) -> str:
+  """Runs `python -m lookahead_drift.fid ARGS` (the documented command line); its stdout."""
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+  proc = subprocess.run([sys.executable, "-m", "lookahead_drift.fid", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
 
 
 @pytest.fixture(scope="module")
@@ -136,15 +146,15 @@ def test_features_match_torchscript(extractor, torch_model, converter):
 
 
 def test_fid_from_images_matches_torch_features(weights, extractor, torch_model, converter,
-                                                tmp_path, capsys):
+                                                tmp_path):
   # Two sets of 4 images of 32x32: B is brighter and smoother than A.
   a = _images(4, (4, 32, 32, 3))
   b = (np.repeat(np.repeat(_images(5, (4, 8, 8, 3)), 4, 1), 4, 2) // 2 + 120).astype(np.uint8)
   np.savez(tmp_path / "a.npz", images=a)
   np.savez(tmp_path / "b.npz", images=b)
-  fid.main([str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), f"--inception_weights={weights}",
-            "--batch_size=4", "--kid_subsets=3"])
-  lines = capsys.readouterr().out.strip().splitlines()
+  lines = _fid_command(str(tmp_path / "a.npz"), str(tmp_path / "b.npz"),
+                       f"--inception_weights={weights}", "--batch_size=4",
+                       "--kid_subsets=3").strip().splitlines()
   assert lines[-1].startswith("FID ") and lines[-2].startswith("KID ")
   got = float(lines[-1].split()[1])
 
@@ -154,7 +164,7 @@ def test_fid_from_images_matches_torch_features(weights, extractor, torch_model,
   assert want > 1.0
   np.testing.assert_allclose(got, want, rtol=1e-3)
   # Streaming statistics (batches of 3, so 4 + 2 padded) agree with the torch features'.
-  sa = fid.compute_stats(iter([a[:3], a[3:]]), extractor)
+  sa = fid_kid.compute_stats(iter([a[:3], a[3:]]), extractor)
   assert sa.weights_sha256 == inception.FID_WEIGHTS_SHA256 and sa.count == 4
   scale = np.abs(ta).max()
   np.testing.assert_allclose(sa.mu, ta.mean(0), atol=1e-4 * scale)
@@ -162,7 +172,7 @@ def test_fid_from_images_matches_torch_features(weights, extractor, torch_model,
 
 
 def _fid_from_few_features(x, y):
-  # Independent of fid.py and cheap for N << D: with centred features X, Y, the nonzero
+  # Independent of fid_kid.py and cheap for N << D: with centred features X, Y, the nonzero
   # eigenvalues of sigma_x sigma_y are those of (X Y^T)(Y X^T) / ((n-1)(m-1)), so
   # tr (sigma_x sigma_y)^½ is the nuclear norm of X Y^T / sqrt((n-1)(m-1)).
   xc, yc = x - x.mean(0), y - y.mean(0)
@@ -179,9 +189,9 @@ def test_reference_stats_command_on_grey_images(weights, torch_model, converter,
   labels = b"\x00\x00\x08\x01" + (3).to_bytes(4, "big") + bytes([0, 1, 2])
   (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(labels)
   out = tmp_path / "stats.npz"
-  fid.main(["--ref=fashion_mnist", f"--data_dir={tmp_path}", "--split=test", f"--out={out}",
-            f"--inception_weights={weights}", "--batch_size=4"])
-  stats = fid.load_stats(out)
+  _fid_command("--ref", "fashion_mnist", f"--data_dir={tmp_path}", "--split=test", f"--out={out}",
+               f"--inception_weights={weights}", "--batch_size=4")
+  stats = fid_kid.load_stats(out)
   want = converter.torch_features(torch_model, images[..., None]).astype(np.float64)
   assert stats.count == 3 and stats.resize == "tf1"
   np.testing.assert_allclose(stats.mu, want.mean(0), rtol=1e-4, atol=1e-4 * np.abs(want).max())

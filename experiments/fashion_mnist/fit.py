@@ -1,8 +1,9 @@
 """Scores a trained Fashion-MNIST generator the way the quality issue asks, and writes it down.
 
-  python experiments/fashion_mnist/fit.py --config=configs/fashion_mnist.py \
-      --config.encoder.checkpoint=ENC/encoder --workdir=RUN --classifier=ENC/classifier \
-      --out=experiments/fashion_mnist/results/fit [--num_samples=10000]
+  python experiments/fashion_mnist/fit.py --workdir=RUN --classifier=ENC/classifier \
+      --out=experiments/fashion_mnist/results/fit [--num_samples=10000] [--config=FILE]
+
+The run's own config (RUN/config.json) is used unless --config replaces it.
 
 From the latest checkpoint's EMA parameters: `num_samples` one-step samples (uint8 `.npz`);
 FID against the 10,000 test images and against the 60,000 training images, KID against the
@@ -23,7 +24,7 @@ from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
-from lookahead_drift import cli, fid, inception, input_pipeline, sample, train, train_encoder
+from lookahead_drift import cli, encoder_training, fid_kid, inception, inference, input_pipeline, pictures
 
 FLAGS = flags.FLAGS
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -66,17 +67,18 @@ def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> n
     picked = images[labels == k][:per_class]
     picked = np.concatenate([picked, np.zeros((per_class - len(picked), h, w, c), np.uint8)])
     rows.append(picked)
-  return sample.image_grid(np.concatenate(rows), cols=per_class)
+  return pictures.image_grid(np.concatenate(rows), cols=per_class)
 
 
 def main(argv):
   del argv
-  config, out = FLAGS.config, FLAGS.out
+  out = FLAGS.out
   os.makedirs(out, exist_ok=True)
   start = time.perf_counter()
-  state = train.restore_for_eval(config, FLAGS.workdir)
-  images = sample.to_uint8(sample.generate(config, state.ema_params, FLAGS.num_samples,
-                                           jax.random.PRNGKey(FLAGS.seed)))
+  state = inference.restore(FLAGS.workdir, config=FLAGS.config)
+  config = state.config
+  images = pictures.to_uint8(inference.generate(config, state.ema_params, FLAGS.num_samples,
+                                                jax.random.PRNGKey(FLAGS.seed)))
   np.savez_compressed(os.path.join(out, "samples.npz"), images=images)
   data = dict(name="fashion_mnist", data_dir=config.data.data_dir, source="files")
   test, test_labels = input_pipeline.load_images({**data, "split": "test"})
@@ -88,18 +90,18 @@ def main(argv):
   extractor = inception.FeatureExtractor(FLAGS.inception_weights, batch_size=500)
   feats = {name: extractor(x, progress=True) for name, x in
            (("samples", images), ("test", test), ("train", train_images))}
-  stats = {k: fid.stats_from_features(v) for k, v in feats.items()}
-  classify = train_encoder.load_classifier(FLAGS.classifier)
+  stats = {k: fid_kid.stats_from_features(v) for k, v in feats.items()}
+  classify = encoder_training.load_classifier(FLAGS.classifier)
   predicted = classify(images)
   shares = np.bincount(predicted, minlength=len(CLASSES)) / len(predicted)
   d_samples = nearest_distances(images, train_images)
   d_test = nearest_distances(test, train_images)
   results = {
       "step": int(state.step), "num_samples": int(len(images)),
-      "fid_vs_test": fid.fid_from_stats(stats["samples"], stats["test"]),
-      "fid_vs_train": fid.fid_from_stats(stats["samples"], stats["train"]),
-      "fid_test_vs_train": fid.fid_from_stats(stats["test"], stats["train"]),
-      "kid_vs_test": fid.kid(feats["samples"], feats["test"]),
+      "fid_vs_test": fid_kid.fid_from_stats(stats["samples"], stats["test"]),
+      "fid_vs_train": fid_kid.fid_from_stats(stats["samples"], stats["train"]),
+      "fid_test_vs_train": fid_kid.fid_from_stats(stats["test"], stats["train"]),
+      "kid_vs_test": fid_kid.kid(feats["samples"], feats["test"]),
       "classifier_test_accuracy": float(np.mean(classify(test) == test_labels)),
       "class_shares": {name: float(s) for name, s in zip(CLASSES, shares)},
       "nearest_train_distance": {
@@ -117,7 +119,9 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  config_flags.DEFINE_config_file("config", None, "Generator config.", lock_config=True)
+  config_flags.DEFINE_config_file("config", None, "Generator config replacing "
+                                  "WORKDIR/config.json (default: the run's own).",
+                                  lock_config=True)
   flags.DEFINE_string("workdir", None, "The generator's training workdir.")
   flags.DEFINE_string("classifier", None, "DIR/classifier written by train_encoder.")
   flags.DEFINE_string("out", None, "Where results.json, samples.npz and the PNGs go.")
@@ -126,5 +130,5 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", 0, "Noise seed of the samples.")
   flags.DEFINE_integer("max_reference", 0, "Use only this many test and train images (0: all; "
                        "for a quick check only).")
-  flags.mark_flags_as_required(["config", "workdir", "classifier", "out"])
+  flags.mark_flags_as_required(["workdir", "classifier", "out"])
   cli.run_absl(main)

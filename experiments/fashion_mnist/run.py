@@ -8,7 +8,7 @@ Stages, each cached in WORKDIR so that a rerun picks up where it stopped:
      classifier, and/or "mae", a masked autoencoder), unless present;
   2. Inception features of a fixed random subset of --n_ref training images, and, as the
      floor of both metrics at this sample size, FID/KID of --n_gen real test images;
-  3. for each method, training with `train.train_and_evaluate` in stages up to each of
+  3. for each method, training with `train_loop.run` in stages up to each of
      --eval_steps (it resumes from its own checkpoints), and at each stage FID and KID of
      --n_gen EMA samples against the reference subset, plus a PNG grid of 64 of them;
   4. RESULTS/results.json, table.md, curves.png (FID/KID against steps and time) and
@@ -23,20 +23,16 @@ import functools
 import json
 import os
 import pathlib
-import sys
 import time
 from typing import Any
 
 from absl import app, flags, logging
+import jax
+import ml_collections
+import numpy as np
 
-# Run as a script from the repository root or anywhere else.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
-
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from lookahead_drift import fid, inception, input_pipeline, sample  # noqa: E402
+from configs import encoder_fashion_mnist, encoder_fashion_mnist_mae, fashion_mnist
+from lookahead_drift import fid_kid, inception, inference, input_pipeline, pictures, sharding
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -54,8 +50,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "k0_mae": ("mae", dict(num_lookahead=0)),
     "k1_mae": ("mae", dict(num_lookahead=1)),
 }
-ENCODER_CONFIGS = {"cls": "configs/encoder_fashion_mnist.py",
-                   "mae": "configs/encoder_fashion_mnist_mae.py"}
+ENCODER_CONFIGS = {"cls": encoder_fashion_mnist, "mae": encoder_fashion_mnist_mae}
 
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/fmnist_study", "Encoder, runs, features.")
@@ -99,23 +94,15 @@ def ensure_encoder(kind: str) -> dict[str, Any]:
   """Trains the `kind` feature encoder unless WORKDIR/enc_<kind>/encoder exists."""
   record_path = os.path.join(encoder_dir(kind), "config.json")
   if not os.path.isfile(record_path):
-    from lookahead_drift import train_encoder  # pylint: disable=g-import-not-at-top
-    config = _load_config(ENCODER_CONFIGS[kind])
+    from lookahead_drift import encoder_training  # pylint: disable=g-import-not-at-top
+    config = ENCODER_CONFIGS[kind].get_config()
     config.num_steps = _ENCODER_STEPS.value
     config.data.data_dir = _DATA_DIR.value
     config.warmup_steps = _ENCODER_WARMUP.value
     config.log_every = 100
-    train_encoder.train_and_save(config, os.path.dirname(encoder_dir(kind)))
+    encoder_training.train_and_save(config, os.path.dirname(encoder_dir(kind)))
   with open(record_path, encoding="utf-8") as f:
     return json.load(f)
-
-
-def _load_config(path: str) -> ml_collections.ConfigDict:
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("cfg", REPO / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def run_dir(method: str) -> str:
@@ -126,7 +113,7 @@ def run_dir(method: str) -> str:
 
 def run_config(method: str) -> ml_collections.ConfigDict:
   """configs/fashion_mnist.py with the CPU-sized overrides and the method's loss settings."""
-  config = _load_config("configs/fashion_mnist.py")
+  config = fashion_mnist.get_config()
   config.seed = _SEED.value
   config.data.batch_size = _BATCH.value
   config.data.data_dir = _DATA_DIR.value
@@ -208,23 +195,24 @@ def _write_json(path: str, result: dict[str, Any]) -> None:
 def _scores(feats: np.ndarray, ref_feats: np.ndarray) -> dict[str, Any]:
   """FID and KID (mean, std over 100 subsets) of Inception features against the reference."""
   ext = extractor()
-  gen_stats, ref_stats = (fid.stats_from_features(f, ext.weights_sha256, ext.resize)
+  gen_stats, ref_stats = (fid_kid.stats_from_features(f, ext.weights_sha256, ext.resize)
                           for f in (feats, ref_feats))
-  kid_mean, kid_std = fid.kid(feats, ref_feats, num_subsets=100,
-                              max_subset_size=min(len(feats), len(ref_feats)))
-  return dict(n_gen=len(feats), n_ref=len(ref_feats), fid=fid.fid_from_stats(gen_stats, ref_stats),
+  kid_mean, kid_std = fid_kid.kid(feats, ref_feats, num_subsets=100,
+                                  max_subset_size=min(len(feats), len(ref_feats)))
+  return dict(n_gen=len(feats), n_ref=len(ref_feats),
+              fid=fid_kid.fid_from_stats(gen_stats, ref_stats),
               kid=kid_mean, kid_std=kid_std)
 
 
-def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: int,
-             ref_feats: np.ndarray) -> dict[str, Any]:
+def score_checkpoint(method: str, config: ml_collections.ConfigDict, state: Any, step: int,
+                     ref_feats: np.ndarray) -> dict[str, Any]:
   """FID/KID of n_gen EMA samples (fixed noise seed) against the reference subset."""
   out = os.path.join(run_dir(method), f"eval_{step}_{_N_GEN.value}.json")
   if (done := _read_json(out)) is not None:
     return done
-  from lookahead_drift import train  # pylint: disable=g-import-not-at-top
-  ema = train.host_params(state.ema_params)
-  images = sample.to_uint8(sample.generate(config, ema, _N_GEN.value, jax.random.PRNGKey(1234)))
+  ema = sharding.to_host(state.ema_params)
+  images = pictures.to_uint8(inference.generate(config, ema, _N_GEN.value,
+                                                jax.random.PRNGKey(1234)))
   t0 = time.time()
   feats = extractor()(images)
   seconds = time.time() - t0
@@ -234,7 +222,7 @@ def evaluate(method: str, config: ml_collections.ConfigDict, state: Any, step: i
   png = os.path.join(_RESULTS.value,
                      f"samples_{os.path.basename(run_dir(method))}_step{step}.png")
   os.makedirs(_RESULTS.value, exist_ok=True)
-  sample.save_samples_png(png, images[:64].astype(np.float32) / 127.5 - 1.0)
+  pictures.save_samples_png(png, images[:64].astype(np.float32) / 127.5 - 1.0)
   _write_json(out, result)
   logging.info("%s step %d: FID %.2f KID %.4f", method, step, result["fid"], result["kid"])
   return result
@@ -256,7 +244,7 @@ def real_baseline(ref_feats: np.ndarray) -> dict[str, Any]:
 def run_methods() -> None:
   """Trains every method stage by stage (all methods reach a step before the next one)."""
   # Imported here: it needs `lookahead_drift.encoder`, which the earlier stages do not.
-  from lookahead_drift import train  # pylint: disable=g-import-not-at-top
+  from lookahead_drift import train_loop  # pylint: disable=g-import-not-at-top
   for step in sorted(int(s) for s in _EVAL_STEPS.value):
     for method in _METHODS.value:
       config = run_config(method)
@@ -264,13 +252,13 @@ def run_methods() -> None:
       workdir = run_dir(method)
       os.makedirs(workdir, exist_ok=True)
       t0 = time.time()
-      state = train.train_and_evaluate(config, workdir)
+      state = train_loop.run(config, workdir)
       reached = int(jax.device_get(state.step))
       if reached != step:  # Stopped early (SIGTERM): do not label it as `step`.
         raise SystemExit(f"{method} stopped at step {reached} before {step}; rerun to resume.")
       with open(os.path.join(workdir, "train_seconds.txt"), "a", encoding="utf-8") as f:
         f.write(f"up to step {step}: {time.time() - t0:.0f} s\n")
-      evaluate(method, config, state, step, reference_features())
+      score_checkpoint(method, config, state, step, reference_features())
       write_table()
 
 

@@ -1,0 +1,17 @@
+"""Reading optional fields of a config section, whether a ConfigDict, a dict or any object.
+
+The one accessor the library uses for config sections it does not own (data, model, encoder):
+a missing field and a field left at None (an unset `config_dict.placeholder`) both give the
+default.
+"""
+
+from typing import Any
+
+
+def field(config: Any, key: str, default: Any = None) -> Any:
+  """config.key (or config[key] for a dict); `default` when it is missing or None."""
+  if isinstance(config, dict):
+    value = config.get(key, default)
+  else:
+    value = getattr(config, key, default)
+  return default if value is None else value

@@ -1,0 +1,207 @@
+"""One training run's computation, built from a config: the train state and `train_step`.
+
+`create_experiment(config)` builds the generator, the frozen feature encoder, the optimizer,
+the initial sharded `TrainState` and the jitted step; `train_step` is the one update
+(generate, embed, drift loss, AdamW, EMA), a pure function of the state and a global batch.
+The loop around it (resume, logging, preemption) is `train_loop.py`.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable, Iterator
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from lookahead_drift import drift
+from lookahead_drift import encoder
+from lookahead_drift import guidance
+from lookahead_drift import input_pipeline
+from lookahead_drift import models
+from lookahead_drift import sharding
+
+PyTree = Any
+ConfigDict = ml_collections.ConfigDict
+# Metrics whose non-finite value marks a step as bad (bit i of metrics["nonfinite"]: entry i).
+NONFINITE_METRICS = ("loss", "grad_norm", "param_norm")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; the data position is `step`."""
+  step: jax.Array
+  params: PyTree
+  ema_params: PyTree
+  opt_state: PyTree
+  rng: jax.Array  # base key (raw uint32[2]); step t uses fold_in(rng, t)
+
+
+def create_optimizer(config: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """AdamW after global-norm clipping, with linear warmup then constant or cosine decay."""
+  opt = config.optimizer
+  if opt.schedule == "constant":
+    schedule = optax.join_schedules(
+        [optax.linear_schedule(0.0, opt.learning_rate, max(opt.warmup_steps, 1)),
+         optax.constant_schedule(opt.learning_rate)], [max(opt.warmup_steps, 1)])
+  elif opt.schedule == "cosine":
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, opt.learning_rate, max(opt.warmup_steps, 1),
+        max(config.num_steps, opt.warmup_steps + 1), end_value=opt.get("end_value", 0.0))
+  else:
+    raise ValueError(f"config.optimizer.schedule={opt.schedule!r}: expected 'constant' or "
+                     "'cosine'.")
+  chain = []
+  if opt.grad_clip and opt.grad_clip > 0:
+    chain.append(optax.clip_by_global_norm(opt.grad_clip))
+  chain.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay))
+  return optax.chain(*chain), schedule
+
+
+def create_loss_config(config: ConfigDict) -> drift.LossConfig:
+  """`drift.LossConfig` from config.loss, whose keys are exactly its fields."""
+  fields = {f.name for f in dataclasses.fields(drift.LossConfig)}
+  unknown = sorted(set(config.loss.keys()) - fields)
+  if unknown:
+    raise ValueError(f"config.loss has keys {unknown} that drift.LossConfig does not know "
+                     f"(its fields: {sorted(fields)}).")
+  kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in config.loss.items()}
+  return drift.LossConfig(**kwargs)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: PyTree, *,
+               generator: Any, noise_shape: tuple[int, ...], feature_fn: Callable,
+               optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+               loss_config: drift.LossConfig, ema_decay: float,
+               noise_sharding: jax.sharding.Sharding | None = None,
+               cond: guidance.Guidance | None = None,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update on the GLOBAL batch: generate, embed, drift loss, AdamW, EMA.
+
+  Unconditional: batch {"image": [B, ...]}, B generated samples against B positives.
+  Class-conditional (`cond`): batch {"label": [C], "image": [C, M, ...], "neg_image":
+  [C, L, ...]}; α drawn per label, `cond.gen_per_label` samples generated per label with its
+  label and α, and one drift problem per (label, feature group) with the unconditional
+  negatives weighted (α − 1)(N − 1)/L (drifting.md §4).
+  The batch arrays arrive sharded over "data"; the drift loss couples all samples, so XLA
+  inserts the needed collectives and the result does not depend on the device count.
+  A step whose loss, gradient or new parameters are not finite changes only `step`; its
+  metrics["nonfinite"] has bit i set for each bad NONFINITE_METRICS[i] (0: a good step).
+  """
+  rng = jax.random.fold_in(state.rng, state.step)
+  real = batch["image"]
+  as_f32 = lambda tree: jax.tree.map(lambda f: f.astype(jnp.float32), tree)
+  embed = lambda x: as_f32(feature_fn(encoder_params, x))
+  extra_metrics, gen_inputs, loss_inputs = {}, {}, {}
+  if cond is None:
+    num_gen, rows = real.shape[0], lambda feats: feats
+    pos_feats = jax.lax.stop_gradient(embed(real))
+  else:
+    labels = batch["label"]
+    num_labels = labels.shape[0]
+    num_gen = num_labels * cond.gen_per_label
+    alpha = guidance.sample_alpha(jax.random.fold_in(rng, 1), num_labels, cond)
+    per_sample = lambda a: jnp.repeat(a, cond.gen_per_label, axis=0)
+    gen_inputs = {"labels": per_sample(labels), "alpha": per_sample(alpha)}
+    rows = lambda feats: guidance.class_rows(feats, num_labels)      # -> [C, G, K, D]
+    flat = lambda x: x.reshape((-1, *x.shape[2:]))                    # [C, K, ...] -> [C·K, ...]
+    pos_feats = jax.lax.stop_gradient(rows(embed(flat(real))))
+    if cond.neg_per_label:
+      loss_inputs = {"neg_feats": jax.lax.stop_gradient(rows(embed(flat(batch["neg_image"])))),
+                     "neg_weights": guidance.negative_weights(alpha, cond)}
+    extra_metrics = {"guidance/alpha_mean": jnp.mean(alpha)}
+  noise = jax.random.normal(rng, (num_gen, *noise_shape), jnp.float32)
+  if noise_sharding is not None:
+    noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
+
+  def loss_fn(params):
+    generated = generator.apply(params, noise, **gen_inputs).astype(jnp.float32)
+    return drift.drift_loss(rows(embed(generated)), pos_feats, config=loss_config,
+                            **loss_inputs)
+
+  (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
+                            state.ema_params, params)
+  metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()}, **extra_metrics,
+             "loss": loss, "grad_norm": optax.tree.norm(grads),
+             "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
+  bad = [~jnp.all(jnp.isfinite(metrics[k])) for k in NONFINITE_METRICS]
+  metrics["nonfinite"] = sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
+  keep_new = metrics["nonfinite"] == 0
+  pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
+  new_state = state.replace(step=state.step + 1, params=pick(params, state.params),
+                            ema_params=pick(ema_params, state.ema_params),
+                            opt_state=pick(opt_state, state.opt_state))
+  return new_state, metrics
+
+
+@dataclasses.dataclass
+class Experiment:
+  """What the train loop, tests and benchmarks need, built once from a config."""
+  config: ConfigDict
+  mesh: jax.sharding.Mesh
+  state: TrainState  # freshly initialised, sharded (donated by the first step that uses it)
+  state_shardings: TrainState
+  encoder_params: PyTree  # replicated on the mesh
+  step_fn: Callable  # jitted (state, global batch, encoder_params) -> (state, metrics)
+
+
+def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
+  """Builds model, encoder, optimizer, initial sharded state and the compiled-once step."""
+  mesh = mesh or sharding.create_mesh(config.mesh.num_model)
+  cond = guidance.from_config(config)
+  sharding.check_batch_size(config.data.batch_size if cond is None else cond.labels_per_step,
+                            mesh)
+  generator, noise_shape = models.create_generator(config.model)
+  noise_shape = tuple(noise_shape)
+  feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
+  optimizer, schedule = create_optimizer(config)
+  loss_config = create_loss_config(config)
+
+  def init(rng: jax.Array) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32),
+                            **models.example_conditions(config.model, 1))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                      opt_state=optimizer.init(params), rng=state_rng)
+
+  rng = jax.random.PRNGKey(config.seed)
+  state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng), mesh,
+                                            config.mesh.shard_params)
+  state = jax.jit(init, out_shardings=state_shardings)(rng)
+  encoder_params = sharding.replicate(encoder_params, mesh)
+
+  step = functools.partial(
+      train_step, generator=generator, noise_shape=noise_shape, feature_fn=feature_fn,
+      optimizer=optimizer, schedule=schedule, loss_config=loss_config,
+      ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh), cond=cond)
+  step_fn = jax.jit(
+      step,
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=(0,))
+  return Experiment(config, mesh, state, state_shardings, encoder_params, step_fn)
+
+
+def create_dataset(config: ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
+  """This process's share of each global batch, starting at `start_step`."""
+  where = dict(seed=config.seed, process_index=jax.process_index(),
+               process_count=jax.process_count(), start_step=start_step)
+  cond = guidance.from_config(config)
+  if cond is None:
+    return input_pipeline.create_dataset(config.data, **where)
+  return input_pipeline.create_class_dataset(
+      config.data, labels_per_step=cond.labels_per_step, pos_per_label=cond.pos_per_label,
+      neg_per_label=cond.neg_per_label, **where)
+
+
+def train_inputs(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The arrays the train step reads: the images, and for conditional batches (which carry
+  "neg_image") the labels and negatives; unconditional batches' labels are not used."""
+  keys = ("label", "image", "neg_image") if "neg_image" in local_batch else ("image",)
+  return {k: local_batch[k] for k in keys}

@@ -1,0 +1,196 @@
+"""A trained generator from a workdir: its config and weights, and one-step samples.
+
+`restore(workdir)` reads the run's config (WORKDIR/config.json, written by the train loop) and
+`{step, params, ema_params}` of a checkpoint, without building the optimizer or loading the
+feature encoder, which sampling does not need. `generate` draws samples; `write_samples` is
+what `python -m lookahead_drift.sample` does.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from lookahead_drift import checkpoint
+from lookahead_drift import cli
+from lookahead_drift import guidance
+from lookahead_drift import models
+from lookahead_drift import pictures
+from lookahead_drift import workdir as workdir_lib
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedGenerator:
+  """A checkpoint's generator weights and the config they were trained with."""
+  config: ml_collections.ConfigDict
+  step: int
+  params: PyTree
+  ema_params: PyTree
+
+  def weights(self, use_ema: bool = True) -> PyTree:
+    """The EMA parameters (the default, what the run's PNGs show) or the raw ones."""
+    return self.ema_params if use_ema else self.params
+
+
+def run_config(workdir: str, override: ml_collections.ConfigDict | None = None
+               ) -> ml_collections.ConfigDict:
+  """WORKDIR/config.json, or `override` when given (a warning names model fields it changes)."""
+  if override is None:
+    return workdir_lib.load_config(workdir)
+  saved = workdir_lib.read_config(workdir)
+  if saved is not None:
+    changed = {k: v for k, v in workdir_lib.config_changes(
+        saved, json.loads(override.to_json_best_effort())).items() if k.startswith("model.")}
+    if changed:
+      logging.warning("--config changes the model the run was trained with (%s); the "
+                      "checkpoint may not fit it.",
+                      "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items()))
+  return override
+
+
+def checkpoint_dir(workdir: str) -> str:
+  """WORKDIR/checkpoints, where the train loop saves."""
+  return os.path.join(workdir, "checkpoints")
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The steps of WORKDIR's checkpoints, oldest first ([] if there are none)."""
+  if not os.path.isdir(checkpoint_dir(workdir)):
+    return []
+  manager = checkpoint.open_for_reading(checkpoint_dir(workdir))
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def restore(workdir: str, *, step: int | None = None,
+            config: ml_collections.ConfigDict | None = None) -> TrainedGenerator:
+  """Checkpoint `step` of WORKDIR (default: the newest good one) with the run's config.
+
+  `config` replaces the saved config (see `run_config`). Raises checkpoint.CheckpointError
+  when there is no such checkpoint, CorruptCheckpointError when it fails its checksums.
+  """
+  config = run_config(workdir, config)
+  manager = checkpoint.open_for_reading(checkpoint_dir(workdir))
+  try:
+    restored = checkpoint.restore_for_inference(manager, step)
+  finally:
+    manager.close()
+  if restored is None:
+    raise checkpoint.CheckpointError(f"No checkpoint found in {checkpoint_dir(workdir)}.")
+  got_step = int(np.asarray(restored["step"]))
+  # The raw restore takes any shapes: check them against the config's generator here.
+  module, noise_shape = models.create_generator(config.model)
+  expected = jax.eval_shape(lambda rng: module.init(
+      rng, jnp.zeros((1, *noise_shape), jnp.float32),
+      **models.example_conditions(config.model, 1)), jax.random.PRNGKey(0))
+  checkpoint.check_compatible(checkpoint.step_dir_of(checkpoint_dir(workdir), got_step),
+                              restored["params"], expected, what="generator")
+  return TrainedGenerator(config, got_step, restored["params"], restored["ema_params"])
+
+
+_GENERATORS: dict[str, tuple[Any, tuple[int, ...]]] = {}
+
+
+def _generator(model_config: ml_collections.ConfigDict) -> tuple[Any, tuple[int, ...]]:
+  """(jitted apply, noise shape) for a model config, built once per distinct config."""
+  key = model_config.to_json()
+  if key not in _GENERATORS:
+    module, noise_shape = models.create_generator(model_config)
+    _GENERATORS[key] = (jax.jit(module.apply), tuple(noise_shape))
+  return _GENERATORS[key]
+
+
+def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
+             rng: jax.Array, *, labels: Any = None, alpha: float = 1.0,
+             batch_size: int | None = None) -> np.ndarray:
+  """`num` one-step samples of the generator in `config` with `params` (float32 numpy).
+
+  Conditional models (config.model.num_classes > 0) take `labels` [num] (default 0, 1, 2, ...
+  cycling); models conditioned on the guidance scale take `alpha` (1: no guidance).
+  Generation runs in chunks of `batch_size` (default config.sample.batch_size) to bound memory.
+  """
+  apply, noise_shape = _generator(config.model)
+  num_classes = config.model.get("num_classes", 0) or 0
+  if num_classes:
+    labels = np.arange(num) % num_classes if labels is None else np.asarray(labels)
+    if labels.shape != (num,):
+      raise ValueError(f"labels: expected [{num}] (one per sample), got {labels.shape}")
+  use_alpha = config.model.get("alpha_conditioning", False)
+  batch_size = batch_size or config.get("sample", {}).get("batch_size", 1024)
+  out = []
+  for i, start in enumerate(range(0, num, batch_size)):
+    n = min(batch_size, num - start)
+    noise = jax.random.normal(jax.random.fold_in(rng, i), (n, *noise_shape), jnp.float32)
+    kw = {}
+    if num_classes:
+      kw["labels"] = jnp.asarray(labels[start:start + n], jnp.int32)
+    if use_alpha:
+      kw["alpha"] = jnp.full((n,), alpha, jnp.float32)
+    out.append(np.asarray(apply(params, noise, **kw), np.float32))
+  return np.concatenate(out, 0) if out else np.zeros((0,), np.float32)
+
+
+
+
+def conditions(config: ml_collections.ConfigDict, num: int, labels: Any = None,
+               cfg_scale: float = 1.0) -> tuple[np.ndarray | None, float]:
+  """(labels [num] or None, α) to sample a run with, checked against what it was trained for.
+
+  Conditional runs: `labels` (a list) split `num` evenly, label-major (default: every class
+  in turn); α must be 1 or within the trained [cfg_min, cfg_max]. Unconditional runs take
+  neither. Raises cli.UserError naming the bad value.
+  """
+  g = guidance.from_config(config)
+  if g is None:
+    if labels is not None or cfg_scale != 1.0:
+      raise cli.UserError("--labels/--cfg_scale: this run is unconditional (its config has no "
+                          "conditional.labels_per_step).")
+    return None, 1.0
+  try:
+    if labels is None:
+      chosen = np.arange(num) % g.num_classes
+    else:
+      wanted = guidance.check_labels([int(v) for v in labels], g.num_classes)
+      if not wanted.size:
+        raise ValueError("--labels is empty")
+      chosen = np.repeat(wanted, -(-num // wanted.size))[:num]
+    return chosen.astype(np.int32), guidance.check_alpha(cfg_scale, g)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from e
+
+
+def write_samples(workdir: str, *, num_samples: int, out: str | None = None,
+                  use_ema: bool = True, seed: int = 0,
+                  config: ml_collections.ConfigDict | None = None, labels: Any = None,
+                  cfg_scale: float = 1.0) -> str:
+  """Samples of WORKDIR's newest good checkpoint to an .npz (default WORKDIR/samples.npz)
+  and a PNG beside it (conditional runs: one class per row); prints where, returns the .npz.
+  `labels`, `cfg_scale`: see `conditions`."""
+  if num_samples < 1:
+    raise ValueError(f"--num_samples={num_samples}: expected >= 1.")
+  trained = restore(workdir, config=config)
+  chosen, alpha = conditions(trained.config, num_samples, labels, cfg_scale)
+  samples = generate(trained.config, trained.weights(use_ema), num_samples,
+                     jax.random.PRNGKey(seed), labels=chosen, alpha=alpha)
+  out = out or os.path.join(workdir, "samples.npz")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  pictures.save_npz(out, samples, labels=chosen)
+  png = os.path.splitext(out)[0] + ".png"
+  if chosen is not None and samples.ndim == 4:
+    pictures.save_class_rows_png(png, samples, chosen)
+  else:
+    pictures.save_samples_png(png, samples)
+  what = "" if chosen is None else f", α = {alpha:g}, labels {sorted(set(chosen.tolist()))}"
+  print(f"Wrote {samples.shape[0]} samples from step {trained.step} "
+        f"({'EMA' if use_ema else 'raw'} params{what}) to {out} and {png}", flush=True)
+  return out
