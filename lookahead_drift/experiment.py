@@ -106,7 +106,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
     alpha = guidance.sample_alpha(jax.random.fold_in(rng, 1), num_labels, cond)
     per_sample = lambda a: jnp.repeat(a, cond.gen_per_label, axis=0)
     gen_inputs = {"labels": per_sample(labels), "alpha": per_sample(alpha)}
-    rows = lambda feats: guidance.class_rows(feats, num_labels)      # -> [C, G, K, D]
+    rows = lambda feats: guidance.rows_by_label(feats, num_labels)  # -> [C, G, K, D]
     flat = lambda x: x.reshape((-1, *x.shape[2:]))                    # [C, K, ...] -> [C·K, ...]
     pos_feats = jax.lax.stop_gradient(rows(embed(flat(real))))
     if cond.neg_per_label:

@@ -98,7 +98,7 @@ def negative_weights(alpha: jax.Array, g: Guidance) -> jax.Array:
   return jnp.broadcast_to(w[:, None], (alpha.shape[0], g.neg_per_label))
 
 
-def class_rows(feats: dict[str, jax.Array], num_labels: int) -> dict[str, jax.Array]:
+def rows_by_label(feats: dict[str, jax.Array], num_labels: int) -> dict[str, jax.Array]:
   """Encoder features {name: [G, C·K, D]} of label-major samples -> {name: [C, G, K, D]}."""
   def rows(f):
     g, ck, d = f.shape

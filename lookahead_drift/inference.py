@@ -187,7 +187,7 @@ def write_samples(workdir: str, *, num_samples: int, out: str | None = None,
   pictures.save_npz(out, samples, labels=chosen)
   png = os.path.splitext(out)[0] + ".png"
   if chosen is not None and samples.ndim == 4:
-    pictures.save_class_rows_png(png, samples, chosen)
+    pictures.save_class_rows_png(png, pictures.to_uint8(samples), chosen)
   else:
     pictures.save_samples_png(png, samples)
   what = "" if chosen is None else f", α = {alpha:g}, labels {sorted(set(chosen.tolist()))}"

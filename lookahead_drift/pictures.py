@@ -4,6 +4,7 @@ Used by the train loop (a PNG per sample step), the sample binary and the studie
 """
 
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -83,11 +84,12 @@ def save_npz(path: str, samples: np.ndarray, labels: np.ndarray | None = None) -
     np.savez(path, images=to_uint8(samples), **extra)
 
 
-def class_rows(images: np.ndarray, labels: np.ndarray, per_row: int = 10) -> np.ndarray:
-  """uint8 grid with one row per distinct label (ascending): its first `per_row` images."""
-  images = to_uint8(images)
+def class_rows(images: np.ndarray, labels: np.ndarray, per_row: int = 10,
+               classes: Any = None) -> np.ndarray:
+  """uint8 grid of uint8 images, one row per class of `classes` (default: the labels present,
+  ascending) holding its first `per_row` images; a class with fewer is padded with black."""
   rows = []
-  for label in np.unique(labels):
+  for label in np.unique(labels) if classes is None else classes:
     picked = images[labels == label][:per_row]
     blank = np.zeros((per_row - len(picked), *images.shape[1:]), np.uint8)
     rows.append(np.concatenate([picked, blank]))
@@ -95,8 +97,8 @@ def class_rows(images: np.ndarray, labels: np.ndarray, per_row: int = 10) -> np.
 
 
 def save_class_rows_png(path: str, images: np.ndarray, labels: np.ndarray,
-                        per_row: int = 10) -> None:
-  """`class_rows` as PNG, scaled 3x (28-pixel images are too small to judge at 1x)."""
-  grid = class_rows(images, labels, per_row)
+                        per_row: int = 10, classes: Any = None) -> None:
+  """`class_rows` of uint8 images as PNG, scaled 3x (28-pixel images are small at 1x)."""
+  grid = class_rows(images, labels, per_row, classes)
   picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
   picture.resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(path)

@@ -1,9 +1,11 @@
-"""experiments/fashion_mnist/fit.py: its nearest-neighbour distances and class grid."""
+"""experiments/fashion_mnist/fit.py's nearest-neighbour distances, and the class grid it draws."""
 
 import importlib.util
 import pathlib
 
 import numpy as np
+
+from lookahead_drift import pictures
 
 PATH = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "fashion_mnist" / "fit.py"
 
@@ -29,11 +31,10 @@ def test_nearest_distances_match_brute_force():
 
 
 def test_class_grid_puts_each_class_on_its_row():
-  fit = load_fit()
   images = np.stack([np.full((2, 3, 1), 10 * k, np.uint8) for k in range(10)] * 2)
   labels = np.array(list(range(10)) * 2)
   labels[labels == 4] = 3  # class 4 gets no sample: its row stays blank
-  grid = fit.class_grid(images, labels, per_class=3)
+  grid = pictures.class_rows(images, labels, per_row=3, classes=range(10))
   assert grid.shape == (10 * 3 + 1, 3 * 4 + 1, 1)
   rows = [grid[1 + r * 3:1 + r * 3 + 2, 1:4, 0] for r in range(10)]
   assert np.all(rows[7] == 70) and np.all(rows[4] == 0)

@@ -94,12 +94,12 @@ def test_alpha_distribution_range_and_forced_ones():
   assert abs(np.mean(ones == 1.0) - 0.25) < 0.015 and ones[ones != 1.0].min() >= 2.0
 
 
-def test_negative_weights_and_class_rows():
+def test_negative_weights_and_rows_by_label():
   g = _guidance(gen_per_label=9, neg_per_label=4)
   w = np.asarray(guidance.negative_weights(np.array([1.0, 3.0]), g))
   np.testing.assert_allclose(w, [[0.0] * 4, [2.0 * 8 / 4] * 4])
   feats = {"f": np.arange(2 * 6 * 3).reshape(2, 6, 3)}  # [G=2, C·K=3·2, D=3], label-major
-  rows = guidance.class_rows(feats, 3)["f"]
+  rows = guidance.rows_by_label(feats, 3)["f"]
   assert rows.shape == (3, 2, 2, 3)
   np.testing.assert_array_equal(rows[1, 0], feats["f"][0, 2:4])  # label 1, group 0
   np.testing.assert_array_equal(rows[2, 1], feats["f"][1, 4:6])

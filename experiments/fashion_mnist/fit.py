@@ -22,7 +22,6 @@ import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
-from PIL import Image
 
 from lookahead_drift import cli, encoder_training, fid_kid, inception, inference, input_pipeline, pictures
 
@@ -57,17 +56,6 @@ def save_histogram(path: str, samples: np.ndarray, test: np.ndarray) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
-
-
-def class_grid(images: np.ndarray, labels: np.ndarray, per_class: int = 10) -> np.ndarray:
-  """uint8 picture: row c holds the first `per_class` samples classified as c (blank if fewer)."""
-  h, w, c = images.shape[1:]
-  rows = []
-  for k in range(len(CLASSES)):
-    picked = images[labels == k][:per_class]
-    picked = np.concatenate([picked, np.zeros((per_class - len(picked), h, w, c), np.uint8)])
-    rows.append(picked)
-  return pictures.image_grid(np.concatenate(rows), cols=per_class)
 
 
 def main(argv):
@@ -111,9 +99,8 @@ def main(argv):
   }
   with open(os.path.join(out, "results.json"), "w") as f:
     json.dump(results, f, indent=2)
-  grid = class_grid(images, predicted)
-  Image.fromarray(grid[..., 0]).resize((grid.shape[1] * 3, grid.shape[0] * 3),
-                                       Image.NEAREST).save(os.path.join(out, "grid_by_class.png"))
+  pictures.save_class_rows_png(os.path.join(out, "grid_by_class.png"), images, predicted,
+                               classes=range(len(CLASSES)))
   save_histogram(os.path.join(out, "nearest_train.png"), d_samples, d_test)
   print(json.dumps(results, indent=2))
 
