@@ -47,15 +47,12 @@ def save_curves(path: str, results: dict) -> None:
     ax.set_title(f"{label} ({results['num_reference']} test images)" if key != "accuracy"
                  else f"{label} (test images: {results['classifier_test_accuracy']:.3f})")
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=110, bbox_inches="tight")
   plt.close(fig)
 
 
 def main(argv):
   del argv
-  out = FLAGS.out
-  os.makedirs(out, exist_ok=True)
   start = time.perf_counter()
   state = inference.restore(FLAGS.workdir)
   config = state.config
@@ -63,6 +60,8 @@ def main(argv):
   if g is None:
     raise cli.UserError(f"{FLAGS.workdir} holds an unconditional run.")
   alphas = [guidance.check_alpha(a, g) for a in FLAGS.cfg_scales]
+  out = FLAGS.out
+  os.makedirs(out, exist_ok=True)
   data = dict(name="fashion_mnist", data_dir=config.data.data_dir, source="files")
   test, test_labels = input_pipeline.load_images({**data, "split": "test"})
   if FLAGS.max_reference:  # a random subset: quicker, and FID is then biased upwards
