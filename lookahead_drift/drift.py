@@ -73,16 +73,7 @@ class _FieldSpec:
   impl: str = "dense"  # "dense" or "streaming" (resolved, never "auto")
   block_size: int = 1024
   weighting: str = "affinity"  # where target weights enter: see `_fields`
-
-  def __post_init__(self):
-    _check_choice("kernel", self.kernel, KERNELS)
-    _check_choice("weighting", self.weighting, WEIGHTINGS)
-    _check_choice("normalization", self.normalization, NORMALIZATIONS)
-    _check_choice("impl", self.impl, FIELD_IMPLS[1:])
-    if not 0 <= self.floor < 1:
-      raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
-    if self.block_size < 1:
-      raise ValueError(f"block_size must be >= 1, got {self.block_size!r}")
+  # Built only by LossConfig.field_spec, from fields LossConfig has checked.
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,10 +550,13 @@ class LossConfig:
     _check_choice("term_scaling", self.term_scaling, TERM_SCALINGS)
     _check_choice("field_impl", self.field_impl, FIELD_IMPLS)
     _check_choice("chain", self.chain, CHAINS)
-    # Checks kernel, normalization, floor and block_size; builds the spec without asking for
-    # the backend (a default LossConfig exists at import, before jax.distributed may start).
-    _FieldSpec(kernel=self.kernel, normalization=self.normalization, floor=self.floor,
-               block_size=self.block_size, weighting=self.neg_weighting)
+    _check_choice("kernel", self.kernel, KERNELS)
+    _check_choice("normalization", self.normalization, NORMALIZATIONS)
+    _check_choice("neg_weighting", self.neg_weighting, WEIGHTINGS)
+    if not 0 <= self.floor < 1:
+      raise ValueError(f"floor must be in [0, 1), got {self.floor!r}")
+    if self.block_size < 1:
+      raise ValueError(f"block_size must be >= 1, got {self.block_size!r}")
     if isinstance(self.num_lookahead, bool) or int(self.num_lookahead) != self.num_lookahead \
         or self.num_lookahead < 0:
       raise ValueError(f"num_lookahead must be a non-negative int, got {self.num_lookahead!r}")
