@@ -79,7 +79,7 @@ class Settings:
   lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # times the config's lr (and its end value)
   tune_seeds: int = 2
   tune_steps: int = 1000
-  timing_steps: int = 50  # one timed chunk
+  timing_steps: int = 25  # one timed chunk
   timing_repeats: int = 5
   num_boot: int = 20000  # Monte Carlo bootstrap draws when exact enumeration is too large
 
@@ -376,6 +376,8 @@ def stage_study(s: Settings, out: str, tune: dict[str, Any], timing: dict[str, A
     if skip_existing and os.path.exists(path + ".json"):
       log(f"  skip {spec.name}: {path}.json exists")
       continue
+    if spec.equal_time_of is not None and timing is None:
+      raise FileNotFoundError(f"{spec.name} needs timing.json: run --stage=timing first")
     steps = s.num_steps if spec.equal_time_of is None else equal_time_steps(s, spec, timing)
     f = lr_factor(spec, tune)
     log(f"  {spec.name}: {steps} steps, lr factor {f:g} ({spec.note})")
@@ -796,7 +798,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if stage == "timing":
       results["timing"] = stage_timing(s, args.out, tune, log)
     else:
-      timing = read_json(os.path.join(args.out, "timing.json"))
+      timing_path = os.path.join(args.out, "timing.json")
+      # The study's equal-time arms need timing.json; its other arms do not.
+      timing = read_json(timing_path) if os.path.exists(timing_path) else None
       if stage == "study":
         stage_study(s, args.out, tune, timing, log,
                     only=[a for a in args.arms.split(",") if a] or None,
