@@ -121,7 +121,9 @@ def study_arms(quick: bool = False) -> list[ArmSpec]:
     arms += [ArmSpec("k=1 η=0.5", 1, "extra", "k=1",
                      loss=(("step_size", 0.5), ("term_scaling", "none"), ("term_weights", None)),
                      note="extension: chain step η = 0.5 (k=1's tuned lr)")]
-  for c in sorted({k + 1 for k in ks}):
+    arms += [ArmSpec("k=1 at lr of k=0", 1, "extra", "k=0", loss=EQ6,
+                     note="eq. 6 at k = 0's tuned lr (is the tuned-lr gap the difference?)")]
+  for c in sorted({2, max(ks) + 1}):  # x + (k+1)V for k = 1 and the largest k
     arms.append(ArmSpec(f"k=0 x+{c}V", 0, "control", "k=0",
                         loss=(("term_weights", (float(c),)),),
                         note=f"k = 0 regressed onto x + {c}V (term_weights=({c},))"))
