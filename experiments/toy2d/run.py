@@ -501,7 +501,8 @@ def analyse(s: Settings, out: str, arms: dict[str, Any], timing: dict[str, Any],
       if per:
         res["per_step"][ds][name] = per
       # Equal time read off the full-length curve (the cosine schedule not yet finished).
-      if name != "k=0" and rec["spec"]["equal_time_of"] is None and name in t_run:
+      # (Only k >= 1: a k = 0 control costs what k = 0 costs; its timing differs by noise.)
+      if rec["spec"]["k"] > 0 and rec["spec"]["equal_time_of"] is None and name in t_run:
         et = {"seconds": budget}
         for m in METRICS:
           steps, v = metric_rows(rec, ds, m)
