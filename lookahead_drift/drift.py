@@ -34,6 +34,8 @@ KERNELS = ("laplace", "gaussian")
 NORMALIZATIONS = ("mean_shift", "bidirectional")
 TERM_SCALINGS = ("none", "unit_rms")
 FIELD_IMPLS = ("auto", "dense", "streaming")
+WEIGHTINGS = ("affinity", "kernel")
+CHAINS = ("per_temperature", "summed")
 
 _EPS = 1e-12
 _NEG_INF = -jnp.inf
@@ -70,9 +72,11 @@ class _FieldSpec:
   floor: float = 0.0
   impl: str = "dense"  # "dense" or "streaming" (resolved, never "auto")
   block_size: int = 1024
+  weighting: str = "affinity"  # where target weights enter: see `_fields`
 
   def __post_init__(self):
     _check_choice("kernel", self.kernel, KERNELS)
+    _check_choice("weighting", self.weighting, WEIGHTINGS)
     _check_choice("normalization", self.normalization, NORMALIZATIONS)
     _check_choice("impl", self.impl, FIELD_IMPLS[1:])
     if not 0 <= self.floor < 1:
@@ -134,11 +138,8 @@ def _log_normalized(logits: Array, m: Array, s: Array) -> Array:
   return (logits - m) - jnp.log(jnp.where(s > 0, s, 1.0))
 
 
-def _log_weights(w: Array | None, n: int) -> Array:
+def _log_weights(w: Array) -> Array:
   """log w, −inf for w = 0 (the target drops out): w multiplies the kernel."""
-  if w is None:
-    return jnp.zeros((n,), jnp.float32)
-  w = jnp.asarray(w, jnp.float32)
   return jnp.where(w > 0, jnp.log(jnp.where(w > 0, w, 1.0)), _NEG_INF)
 
 
@@ -169,7 +170,8 @@ def _floored(a: Array, logw: Array, floor: float) -> Array:
 
 
 def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array, *,
-                  num_neg: int, self_neg: bool, spec: _FieldSpec) -> Array:
+                  num_neg: int, self_neg: bool, spec: _FieldSpec,
+                  aff_w: Array | None = None) -> Array:
   """Fields [T, N, D] from the full distance matrix d2 [N, L] (shared by all temperatures).
 
   Softmax shifts come from the smallest cost of each row and column, found once for every
@@ -199,22 +201,23 @@ def _dense_fields(x: Array, targets: Array, logw: Array, temps: Array, d2: Array
     t = jnp.sum(jnp.exp(z), axis=axis, keepdims=True)
     return jnp.where(t > 0, t, 1.0)
 
+  a = []
   if spec.normalization == "mean_shift":  # a row softmax on each side
-    a = []
     for c, lw, _ in sides:
       z = logit(c, lw, least(c, -1))
       a.append(jnp.exp(z) / total(z, -1))
-    s = (1.0, 1.0)
   else:  # sqrt(row softmax x column softmax): one row over both sides, columns per side
     row_low = jnp.minimum(*(least(c, -1) for c, _, _ in sides))
     row_total = sum(total(logit(c, lw, row_low), -1) for c, lw, _ in sides)
-    a = []
     for c, lw, _ in sides:
       # log w is constant along a column: the column softmax does not see it.
       col = logit(c, 0.0, least(c, -2))
       a.append(_floored(jnp.exp(0.5 * (logit(c, lw, row_low) + col))
                         * jax.lax.rsqrt(row_total * total(col, -2)), lw, spec.floor))
-    s = tuple(jnp.sum(v, -1, keepdims=True) for v in a)
+  if aff_w is not None:  # "affinity" weighting: normalised (and floored) affinity × w_j
+    a = [a[0] * aff_w[:num_neg], a[1] * aff_w[num_neg:]]
+  s = ((1.0, 1.0) if spec.normalization == "mean_shift"
+       else tuple(jnp.sum(v, -1, keepdims=True) for v in a))
 
   def pull(a: Array, t: Array) -> Array:  # Σ_j a_ij (t_j − x_i), every temperature at once
     return jnp.einsum("tnl,ld->tnd", a, t) - jnp.sum(a, -1, keepdims=True) * x[None]
@@ -267,7 +270,7 @@ def _over_tiles(num_rows: int, num_cols: int, tile, row_init, col_init, col_merg
 
 
 def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, num_neg: int,
-                      self_neg: bool, spec: _FieldSpec) -> Array:
+                      self_neg: bool, spec: _FieldSpec, aff_w: Array | None = None) -> Array:
   """`_dense_fields` tile by tile: two passes, never more than [T, block, block] at once.
 
   Pass 1: row log-sum-exps per side and column log-sum-exps (online, over all tiles).
@@ -278,6 +281,8 @@ def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, nu
   xp, tp, lwp, row_ok, col_id, block_is_pos, bn, bt = _tiled(
       x, targets, logw, num_neg, spec.block_size)
   num_rows, num_cols = xp.shape[0] // bn, tp.shape[0] // bt
+  if aff_w is not None:  # laid out like the padded targets; padding weighs 0
+    aff_w = jnp.where(col_id >= 0, aff_w[jnp.maximum(col_id, 0)], 0.0)
 
   def tile_logits(r, b):
     xr = jax.lax.dynamic_slice_in_dim(xp, r * bn, bn)
@@ -321,6 +326,8 @@ def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, nu
       log_a = 0.5 * (_log_normalized(logits, row_m[r, 0][..., None], row_s[r, 0][..., None])
                      + _log_normalized(logits, cm, cs))
       a = _floored(jnp.exp(log_a), lw, spec.floor)
+    if aff_w is not None:
+      a = a * jax.lax.dynamic_slice_in_dim(aff_w, b * bt, bt)
     one_hot = (jnp.arange(2) == side)[:, None, None]
     s = s + one_hot * jnp.sum(a, -1)[None]
     ay = ay + one_hot[..., None] * jnp.einsum("tnl,ld->tnd", a, tb)[None]
@@ -339,42 +346,65 @@ def _streaming_fields(x: Array, targets: Array, logw: Array, temps: Array, *, nu
 
 
 def _fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, spec: _FieldSpec,
-            self_neg: bool, neg_logw: Array | None = None, pos_logw: Array | None = None,
+            self_neg: bool, neg_w: Array | None = None, pos_w: Array | None = None,
             d2: Array | None = None) -> Array:
   """Fields at x for each temperature, [T, N, D]; negatives [x (if self_neg); y_neg].
 
+  neg_w [L] / pos_w [M]: target weights, placed by `spec.weighting` (drifting.md §4):
+    "kernel":   w_j multiplies the kernel (log w_j joins the logits; w = 0 removes the target);
+    "affinity": w_j multiplies the normalised, floored affinity (the official code's guidance
+                weights: a weight-0 target keeps its share of the softmaxes).
   d2: the distance matrix from x to these targets, when the caller already has it.
   """
   n, m = x.shape[0], y_pos.shape[0]
   negs = ([x] if self_neg else []) + ([] if y_neg is None else [y_neg])
-  lws = ([jnp.zeros((n,))] if self_neg else []) + (
-      [] if y_neg is None else [_log_weights(None, y_neg.shape[0]) if neg_logw is None
-                                else neg_logw])
   num_neg = sum(a.shape[0] for a in negs)
   targets = jnp.concatenate(negs + [y_pos])
-  logw = jnp.concatenate(lws + [jnp.zeros((m,)) if pos_logw is None else pos_logw])
+  logw, aff_w = jnp.zeros((targets.shape[0],)), None
+  if neg_w is not None or pos_w is not None:
+    ones = lambda k: jnp.ones((k,), jnp.float32)
+    w = jnp.concatenate([ones(n)] * self_neg + (
+        [] if y_neg is None else [ones(y_neg.shape[0]) if neg_w is None else neg_w])
+        + [ones(m) if pos_w is None else pos_w])
+    if spec.weighting == "kernel":
+      logw = _log_weights(w)
+    else:
+      aff_w = w
   x, targets = _centred(x, targets)
+  kw = dict(num_neg=num_neg, self_neg=self_neg, spec=spec, aff_w=aff_w)
   if spec.impl == "streaming":
-    return _streaming_fields(x, targets, logw, temps, num_neg=num_neg, self_neg=self_neg,
-                             spec=spec)
+    return _streaming_fields(x, targets, logw, temps, **kw)
   if d2 is None:
     d2 = _sq_dist(x, targets)
-  return _dense_fields(x, targets, logw, temps, d2, num_neg=num_neg, self_neg=self_neg,
-                       spec=spec)
+  return _dense_fields(x, targets, logw, temps, d2, **kw)
 
 
 def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_lookahead: int,
-           step_size: Array | float, spec: _FieldSpec, neg_logw: Array | None = None,
-           pos_logw: Array | None = None, d2: Array | None = None) -> Array:
+           step_size: Array | float, spec: _FieldSpec, neg_w: Array | None = None,
+           pos_w: Array | None = None, d2: Array | None = None,
+           chain: str = "per_temperature", unit: Array | float = 1.0) -> Array:
   """[K+1, T, N, D]: V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i (§3), negatives = x^i.
 
-  Term 0 of every temperature comes from one distance matrix; each temperature's later terms
-  run at its own pushed samples.
+  chain "per_temperature": each temperature pushes its own samples by its own field.
+  chain "summed": one chain for all temperatures, pushed by η Σ_τ V_τ / rms(V_τ) (the summed,
+    normalised field the k = 0 loss regresses onto); every term still holds each temperature's
+    field, at the common pushed samples. `unit`: the feature scale of x (a unit-RMS field is
+    `unit` long per dimension in x's coordinates).
+  Term 0 of every temperature comes from one distance matrix.
   """
-  kw = dict(spec=spec, self_neg=True, neg_logw=neg_logw, pos_logw=pos_logw)
+  kw = dict(spec=spec, self_neg=True, neg_w=neg_w, pos_w=pos_w)
   first = _fields(x, y_pos, y_neg, temps, d2=d2, **kw)               # [T, N, D]
   if num_lookahead == 0:
     return first[None]
+  if chain == "summed":
+    def summed_step(carry, _):
+      xi, v = carry
+      xi = xi + step_size * unit * jnp.sum(v / _rms(v, (1, 2)), 0)
+      v = _fields(xi, y_pos, y_neg, temps, **kw)
+      return (xi, v), v
+
+    _, rest = jax.lax.scan(summed_step, (x, first), None, length=num_lookahead)
+    return jnp.concatenate([first[None], rest])                      # [K+1, T, N, D]
 
   def one_temperature(v0, t):
     def step(xi, _):
@@ -392,10 +422,11 @@ def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_loo
 # Public pure functions.
 
 
-def _field_spec(kernel, normalization, floor, impl, block_size, n, num_targets) -> _FieldSpec:
+def _field_spec(kernel, normalization, floor, impl, block_size, weighting, n, num_targets
+                ) -> _FieldSpec:
   """The public functions pick their implementation by the loss's rule and default budget."""
   return LossConfig(kernel=kernel, normalization=normalization, floor=floor, field_impl=impl,
-                    block_size=block_size).field_spec(n, num_targets)
+                    block_size=block_size, neg_weighting=weighting).field_spec(n, num_targets)
 
 
 def _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights) -> None:
@@ -415,8 +446,8 @@ def _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights) ->
 @jax.jit(static_argnames=("self_neg", "spec", "num_lookahead"))
 def _chain_jit(x, y_pos, y_neg, temperature, step_size, pos_weights, neg_weights, *,
                self_neg, spec, num_lookahead):
-  logw = lambda w, a: None if a is None or w is None else _log_weights(w, a.shape[0])
-  kw = dict(spec=spec, neg_logw=logw(neg_weights, y_neg), pos_logw=logw(pos_weights, y_pos))
+  as_w = lambda w: None if w is None else jnp.asarray(w, jnp.float32)
+  kw = dict(spec=spec, neg_w=as_w(neg_weights), pos_w=as_w(pos_weights))
   temps = jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,))
   if not self_neg:  # a single field with explicit negatives only
     return _fields(x, y_pos, y_neg, temps, self_neg=False, **kw)
@@ -427,7 +458,8 @@ def _chain_jit(x, y_pos, y_neg, temperature, step_size, pos_weights, neg_weights
 def drift_field(x: Array, y_pos: Array, y_neg: Array | None = None, *, temperature: float,
                 kernel: str = "laplace", normalization: str = "mean_shift", floor: float = 0.0,
                 pos_weights: Array | None = None, neg_weights: Array | None = None,
-                impl: str = "auto", block_size: int = 1024) -> Array:
+                weighting: str = "affinity", impl: str = "auto", block_size: int = 1024
+                ) -> Array:
   """The drifting field V_{p,q}(x) of drifting.md §2, [N, D].
 
   Args:
@@ -440,14 +472,16 @@ def drift_field(x: Array, y_pos: Array, y_neg: Array | None = None, *, temperatu
     normalization: "mean_shift" (lookahead paper eqs. 2-4) or "bidirectional" (drifting paper).
     floor: lower bound on the product of the two softmaxes in "bidirectional" (the official
       code uses 1e-6); 0 is the exact field.
-    pos_weights, neg_weights: optional per-target weights (multiply the kernel).
+    pos_weights, neg_weights: optional per-target weights, placed by `weighting`: "affinity"
+      (multiply the normalised affinity, as the official code) or "kernel" (multiply k).
     impl: "dense", "streaming" (tiles of `block_size`; never forms N x L) or "auto".
   """
   x, y_pos = jnp.asarray(x, jnp.float32), jnp.asarray(y_pos, jnp.float32)
   y_neg = None if y_neg is None else jnp.asarray(y_neg, jnp.float32)
   _check_field_args(x, y_pos, y_neg, temperature, pos_weights, neg_weights)
   num_targets = y_pos.shape[0] + (x.shape[0] if y_neg is None else y_neg.shape[0])
-  spec = _field_spec(kernel, normalization, floor, impl, block_size, x.shape[0], num_targets)
+  spec = _field_spec(kernel, normalization, floor, impl, block_size, weighting, x.shape[0],
+                     num_targets)
   out = _chain_jit(x, y_pos, y_neg, temperature, 1.0, pos_weights, neg_weights,
                    self_neg=y_neg is None, spec=spec, num_lookahead=0)
   return out[0]
@@ -457,13 +491,14 @@ def lookahead_drift(x: Array, y_pos: Array, *, num_lookahead: int, temperature: 
                     kernel: str = "laplace", normalization: str = "mean_shift",
                     step_size: float = 1.0, floor: float = 0.0,
                     extra_negatives: Array | None = None, neg_weights: Array | None = None,
-                    pos_weights: Array | None = None, impl: str = "auto",
-                    block_size: int = 1024) -> Array:
+                    pos_weights: Array | None = None, weighting: str = "affinity",
+                    impl: str = "auto", block_size: int = 1024) -> Array:
   """The lookahead chain of drifting.md §3 (lookahead paper eq. 7), [num_lookahead + 1, N, D].
 
   Term i is the drifting field at x^i, where x^0 = x and x^{i+1} = x^i + step_size · V_i. The
   negatives of every term are the pushed batch x^i itself (self excluded), plus the optional
-  `extra_negatives` [L, D] (with `neg_weights`), which stay where they are.
+  `extra_negatives` [L, D] (with `neg_weights`, placed by `weighting` as in `drift_field`),
+  which stay where they are.
   `num_lookahead=0` is the original drifting model: `[drift_field(x, y_pos)]`.
   """
   if isinstance(num_lookahead, bool) or not isinstance(num_lookahead, (int, np.integer)) \
@@ -473,7 +508,8 @@ def lookahead_drift(x: Array, y_pos: Array, *, num_lookahead: int, temperature: 
   extra = None if extra_negatives is None else jnp.asarray(extra_negatives, jnp.float32)
   _check_field_args(x, y_pos, extra, temperature, pos_weights, neg_weights)
   num_targets = x.shape[0] + y_pos.shape[0] + (0 if extra is None else extra.shape[0])
-  spec = _field_spec(kernel, normalization, floor, impl, block_size, x.shape[0], num_targets)
+  spec = _field_spec(kernel, normalization, floor, impl, block_size, weighting, x.shape[0],
+                     num_targets)
   return _chain_jit(x, y_pos, extra, temperature, step_size, pos_weights, neg_weights,
                     self_neg=True, spec=spec, num_lookahead=int(num_lookahead))
 
@@ -488,7 +524,10 @@ class LossConfig:
 
   term_scaling: "none" (the raw sum of eq. 6) or "unit_rms" (each term divided by its RMS per
     dimension before weighting: our extension, not the paper's). term_weights: w_i, one per
-    term (default all 1, as in eq. 6).
+    term (default all 1, as in eq. 6). chain: "per_temperature" (each temperature's own chain)
+    or "summed" (one chain pushed by the summed, normalised field: a control, §3).
+  neg_weighting: where the extra negatives' weights enter, "affinity" (the official code's
+    placement: the normalised, floored affinity times w) or "kernel" (k times w), §4.
   field_impl: "dense", "streaming" or "auto" (dense while one group's matrices fit
     `memory_budget_mb`). group_chunk: feature groups per pass (0: as many as fit the budget).
   memory_budget_mb: the most the kernel matrices of one pass may hold (0: 2 GiB on CPU,
@@ -503,6 +542,8 @@ class LossConfig:
   step_size: float = 1.0
   term_weights: tuple[float, ...] | None = None
   term_scaling: str = "none"
+  chain: str = "per_temperature"
+  neg_weighting: str = "affinity"
   feature_normalization: bool = True
   drift_normalization: bool = True
   field_impl: str = "auto"
@@ -517,10 +558,11 @@ class LossConfig:
       raise ValueError(f"temperatures must be a non-empty list of values > 0, got {temps}")
     _check_choice("term_scaling", self.term_scaling, TERM_SCALINGS)
     _check_choice("field_impl", self.field_impl, FIELD_IMPLS)
+    _check_choice("chain", self.chain, CHAINS)
     # Checks kernel, normalization, floor and block_size; builds the spec without asking for
     # the backend (a default LossConfig exists at import, before jax.distributed may start).
     _FieldSpec(kernel=self.kernel, normalization=self.normalization, floor=self.floor,
-               block_size=self.block_size)
+               block_size=self.block_size, weighting=self.neg_weighting)
     if isinstance(self.num_lookahead, bool) or int(self.num_lookahead) != self.num_lookahead \
         or self.num_lookahead < 0:
       raise ValueError(f"num_lookahead must be a non-negative int, got {self.num_lookahead!r}")
@@ -553,7 +595,8 @@ class LossConfig:
       fits = self._bytes_per_group(n, num_targets, "dense") <= self.budget_bytes()
       impl = "dense" if fits else "streaming"
     return _FieldSpec(kernel=self.kernel, normalization=self.normalization,
-                      floor=self.floor, impl=impl, block_size=self.block_size)
+                      floor=self.floor, impl=impl, block_size=self.block_size,
+                      weighting=self.neg_weighting)
 
   def groups_per_pass(self, num_groups: int, n: int, num_targets: int) -> int:
     """How many feature groups one pass processes: group_chunk, or what fits the budget."""
@@ -567,18 +610,18 @@ class LossConfig:
 
 
 def _as_groups(feats: Any, name: str) -> dict[str, Array]:
-  """dict name -> [G, N, D]; a bare [N, D] or [G, N, D] array becomes one entry."""
+  """dict name -> [C, G, N, D] (C classes of G groups); [N, D] and [G, N, D] get C = G = 1."""
   if feats is None:
     return {}
   if not isinstance(feats, Mapping):
     feats = {"features": feats}
   out = {}
   for key, f in feats.items():
-    f = jnp.asarray(f)
-    if f.ndim == 2:
-      f = f[None]
-    _check_shape(f"{name}[{key!r}]", f, (None, None, None), "groups, samples, dim")
-    out[key] = f.astype(jnp.float32)
+    f = jnp.asarray(f, jnp.float32)
+    f = f.reshape((1,) * (4 - f.ndim) + f.shape) if f.ndim in (2, 3) else f
+    _check_shape(f"{name}[{key!r}]", f, (None, None, None, None),
+                 "[classes,] groups, samples, dim")
+    out[key] = f
   return out
 
 
@@ -587,11 +630,11 @@ def _rms(v: Array, axes: tuple[int, ...]) -> Array:
   return jnp.sqrt(jnp.mean(jnp.square(v), axis=axes, keepdims=True) + _EPS)
 
 
-def _mean_distance(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Array:
-  """Σ_ij w_j ‖x_i − t_j‖ / (N Σ w) for one group; tile by tile when streaming."""
+def _distance_sum(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Array:
+  """Σ_ij w_j ‖x_i − t_j‖ for one row; tile by tile when streaming."""
   x, targets = _centred(x, targets)
   if spec.impl == "dense":
-    return _mean_from_sq_dist(_sq_dist(x, targets), w)
+    return _distance_sum_from_sq(_sq_dist(x, targets), w)
   xp, tp, _, row_ok, _, _, bn, bt = _tiled(x, targets, w, targets.shape[0], spec.block_size)
   wp = _pad(w, tp.shape[0], 0.0)
 
@@ -603,60 +646,69 @@ def _mean_distance(x: Array, targets: Array, w: Array, spec: _FieldSpec) -> Arra
 
   sums, _ = _over_tiles(xp.shape[0] // bn, tp.shape[0] // bt, tile, jnp.float32(0.0), (),
                         lambda c, p: ())
-  return jnp.sum(sums) / (x.shape[0] * jnp.sum(w))
+  return jnp.sum(sums)
 
 
-def _mean_from_sq_dist(d2: Array, w: Array) -> Array:
-  """Σ_ij w_j ‖x_i − t_j‖ / (N Σ w) from squared distances [N, L] (or [G, N, L]: one per G)."""
-  return jnp.sum(_dist(d2) * w, (-2, -1)) / (d2.shape[-2] * jnp.sum(w))
+def _distance_sum_from_sq(d2: Array, w: Array) -> Array:
+  """Σ_ij w_j ‖x_i − t_j‖ from squared distances [..., N, L] and weights [..., L]."""
+  return jnp.sum(_dist(d2) * w[..., None, :], (-2, -1))
 
 
 def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
-                sample_w: Array, cfg: LossConfig) -> tuple[Array, dict[str, Array]]:
-  """Loss of one feature map: G independent groups [G, N, D] that share one scale (§4)."""
-  g, n, d = x.shape
+                sample_w: Array, cfg: LossConfig, num_classes: int
+                ) -> tuple[Array, dict[str, Array]]:
+  """Loss of one feature map: R rows [R, N, D] (feature groups, or (class, group) pairs), each
+  an independent drift problem; all rows share one feature scale and one drift normalisation
+  per temperature, as in the official code (§4). neg_w [R, L] and sample_w [R, N] per row."""
+  rows, n, d = x.shape
   # Only the generated features carry gradient: targets, scale and the chain are constants.
   xs, pos = jax.lax.stop_gradient(x), jax.lax.stop_gradient(pos)
   neg = None if neg is None else jax.lax.stop_gradient(neg)
   num_l = 0 if neg is None else neg.shape[1]
   num_targets = n + num_l + pos.shape[1]
   spec = cfg.field_spec(n, num_targets)
-  chunk = cfg.groups_per_pass(g, n, num_targets)
-  neg_logw = None if neg is None else _log_weights(neg_w, num_l)
-  # Target order [x; neg; pos] as in `_fields`; the scale weighs targets like the kernel does.
-  target_w = jnp.concatenate([jnp.ones((n,)), jnp.ones((num_l,)) if neg_w is None else neg_w,
-                              jnp.ones((pos.shape[1],))])
+  chunk = cfg.groups_per_pass(rows, n, num_targets)
+  # Target order [x; neg; pos] as in `_fields`. The scale weighs targets by their weights and
+  # pools all rows: Σ_rij w_rj d_rij / (N Σ_rj w_rj), the official code's formula.
+  ones = lambda *shape: jnp.ones(shape, jnp.float32)
+  target_w = jnp.concatenate(
+      [ones(rows, n)] + ([] if neg is None else [ones(rows, num_l) if neg_w is None else neg_w])
+      + [ones(rows, pos.shape[1])], axis=1)                            # [R, n + L + M]
 
   def targets_of(xg, pg, ng):
     return jnp.concatenate([xg] + ([] if ng is None else [ng]) + [pg])
 
-  def chain(xg, pg, ng, scale, d2=None):
+  def chain(xg, pg, ng, wg, scale, d2=None):
     # τ acts on distances divided by their mean (scale·√D): with raw features that is
     # τ·√D·scale for the laplace kernel and τ·D·scale² for the gaussian one.
     temps = jnp.asarray(cfg.temperatures, jnp.float32)
     if cfg.feature_normalization:
       temps = temps * (math.sqrt(d) * scale if cfg.kernel == "laplace" else d * scale**2)
     return _chain(xg, pg, ng, temps, num_lookahead=cfg.num_lookahead,
-                  step_size=cfg.step_size, spec=spec, neg_logw=neg_logw,
-                  d2=d2) / scale                                   # [K+1, T, N, D]
+                  step_size=cfg.step_size, spec=spec, neg_w=wg, d2=d2,
+                  chain=cfg.chain, unit=scale) / scale                             # [K+1, T, N, D]
 
-  if not cfg.feature_normalization:
-    scale_of = lambda mean_dist: jnp.float32(1.0)
-  else:
-    scale_of = lambda mean_dist: jnp.maximum(jnp.mean(mean_dist) / math.sqrt(d), _EPS)
-  groups = (xs, pos, neg)
-  if chunk >= g and spec.impl == "dense":
+  def scale_of(dist_sums):
+    if not cfg.feature_normalization:
+      return jnp.float32(1.0)
+    mean = jnp.sum(dist_sums) / (n * jnp.sum(target_w))
+    return jnp.maximum(mean / math.sqrt(d), _EPS)
+
+  groups = (xs, pos, neg, neg_w)
+  if chunk >= rows and spec.impl == "dense":
     # One pass: the distance matrices give the scale and every temperature's first term.
-    d2 = jax.vmap(lambda *a: _sq_dist(*_centred(a[0], targets_of(*a))))(*groups)  # [G, N, L]
-    scale = scale_of(_mean_from_sq_dist(d2, target_w))
-    terms = jax.vmap(lambda xg, pg, ng, dg: chain(xg, pg, ng, scale, dg))(*groups, d2)
+    d2 = jax.vmap(lambda xg, pg, ng: _sq_dist(*_centred(xg, targets_of(xg, pg, ng))))(
+        xs, pos, neg)                                                  # [R, N, n + L + M]
+    scale = scale_of(_distance_sum_from_sq(d2, target_w))
+    terms = jax.vmap(lambda xg, pg, ng, wg, dg: chain(xg, pg, ng, wg, scale, dg))(*groups, d2)
   else:
-    # Chunks of groups that fit the budget: a first pass for the scale, then the fields.
-    mean_dist = jax.lax.map(lambda a: _mean_distance(a[0], targets_of(*a), target_w, spec),
-                            groups, batch_size=chunk)
-    scale = scale_of(mean_dist)
+    # Chunks of rows that fit the budget: a first pass for the scale, then the fields.
+    dist_sums = jax.lax.map(
+        lambda a: _distance_sum(a[0], targets_of(*a[:3]), a[4], spec), groups + (target_w,),
+        batch_size=chunk)
+    scale = scale_of(dist_sums)
     terms = jax.lax.map(lambda a: chain(*a, scale), groups, batch_size=chunk)
-  # terms: [G, K+1, T, N, D], in normalised feature space.
+  # terms: [R, K+1, T, N, D], in normalised feature space.
   # Scalings and sums over terms and temperatures as weights of einsums (matmuls): XLA on
   # CPU is slow at reducing a middle axis.
   term_rms = _rms(terms, (0, 3, 4))[0, :, :, 0, 0]                  # [K+1, T]
@@ -668,8 +720,9 @@ def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
   temp_w = 1.0 / temp_rms if cfg.drift_normalization else jnp.ones_like(temp_rms)
   xn = x / scale
   target = jax.lax.stop_gradient(xn + jnp.einsum("gtnd,t->gnd", per_temp, temp_w))
-  err = jnp.mean(jnp.square(xn - target), axis=-1)                   # [G, N]
-  loss = jnp.sum(jnp.mean(err * sample_w[None, :], axis=1))
+  err = jnp.mean(jnp.square(xn - target), axis=-1)                   # [R, N]
+  # Σ over feature groups, mean over classes (= the per-class losses' mean).
+  loss = jnp.sum(jnp.mean(err * sample_w, axis=1)) / num_classes
   metrics = {"feature_scale": scale}
   for i in range(cfg.num_lookahead + 1):
     metrics[f"drift_rms/term{i}"] = jnp.mean(term_rms[i])
@@ -684,10 +737,16 @@ def drift_loss(gen_feats: Any, pos_feats: Any, *, config: LossConfig = LossConfi
   """The drifting (k = 0) or lookahead (k >= 1) training loss over feature groups.
 
   gen_feats: dict name -> [G, N, D] (G independent groups of one feature map, sharing D and one
-    feature scale) or one array [G, N, D] / [N, D]. Gradients flow through these only.
-  pos_feats: the same names, [G, M, D]. neg_feats: optional extra fixed negatives, [G, L, D],
-    with `neg_weights` [L] (e.g. guidance). sample_weights: optional [N] weights w_i.
-  Returns the scalar loss, Σ over groups of mean_i w_i ‖x_i − sg(x_i + V_i)‖² / D, and metrics.
+    feature scale), or [C, G, N, D] for class-conditional training (C classes, each with its
+    own N generated samples, positives and negatives: C·G independent rows, one shared scale
+    and drift normalisation, as in the official code); a bare array is one entry, [N, D] is
+    one group. Gradients flow through these only.
+  pos_feats: the same names and leading axes, [(C,) G, M, D] (each class's positives).
+  neg_feats: optional extra fixed negatives [(C,) G, L, D] (e.g. unconditional real samples for
+    guidance), with `neg_weights` [L] or one vector per class [C, L], placed by
+    `config.neg_weighting`. sample_weights: optional [N] or [C, N].
+  Returns the scalar loss, the mean over classes of Σ over groups of
+  mean_i w_i ‖x_i − sg(x_i + V_i)‖² / D, and metrics.
   """
   gen = _as_groups(gen_feats, "gen_feats")
   pos = _as_groups(pos_feats, "pos_feats")
@@ -697,23 +756,31 @@ def drift_loss(gen_feats: Any, pos_feats: Any, *, config: LossConfig = LossConfi
   if set(pos) != set(gen) or (neg and set(neg) != set(gen)):
     raise ValueError(f"pos_feats/neg_feats must have the groups of gen_feats {sorted(gen)}, got "
                      f"{sorted(pos)} / {sorted(neg)}")
-  n = next(iter(gen.values())).shape[1]
-  if sample_weights is not None:
-    _check_shape("sample_weights", sample_weights, (n,), "one per generated sample")
-  if neg_weights is not None and not neg:
-    raise ValueError("neg_weights given without neg_feats")
+  c, _, n, _ = next(iter(gen.values())).shape
   for key, x in gen.items():
-    _check_shape(f"gen_feats[{key!r}]", x, (None, n, None), "groups, samples, dim")
-    _check_shape(f"pos_feats[{key!r}]", pos[key], (x.shape[0], None, x.shape[2]),
-                 "groups and dim of gen_feats")
+    _check_shape(f"gen_feats[{key!r}]", x, (c, None, n, None), "classes, groups, samples, dim "
+                 "(the same classes and samples in every map)")
+    _check_shape(f"pos_feats[{key!r}]", pos[key], (c, x.shape[1], None, x.shape[3]),
+                 "classes, groups and dim of gen_feats")
     if key in neg:
-      _check_shape(f"neg_feats[{key!r}]", neg[key], (x.shape[0], None, x.shape[2]),
-                   "groups and dim of gen_feats")
-      if neg_weights is not None:
-        _check_shape("neg_weights", neg_weights, (neg[key].shape[1],), "one per negative")
-  sample_w = jnp.ones((n,)) if sample_weights is None else jnp.asarray(sample_weights,
-                                                                         jnp.float32)
-  neg_w = None if neg_weights is None else jnp.asarray(neg_weights, jnp.float32)
+      _check_shape(f"neg_feats[{key!r}]", neg[key], (c, x.shape[1], None, x.shape[3]),
+                   "classes, groups and dim of gen_feats")
+  num_l = next(iter(neg.values())).shape[2] if neg else 0
+  neg_w = sample_w = None
+  if neg_weights is not None:
+    if not neg:
+      raise ValueError("neg_weights given without neg_feats")
+    neg_w = jnp.asarray(neg_weights, jnp.float32)
+    if neg_w.shape != (num_l,):
+      _check_shape("neg_weights", neg_w, (c, num_l),
+                   "one per negative, or one vector per class [classes, negatives]")
+    neg_w = jnp.broadcast_to(neg_w, (c, num_l))
+  if sample_weights is not None:
+    sample_w = jnp.asarray(sample_weights, jnp.float32)
+    if sample_w.shape != (n,):
+      _check_shape("sample_weights", sample_w, (c, n),
+                   "one per generated sample, or [classes, samples]")
+    sample_w = jnp.broadcast_to(sample_w, (c, n))
   return _loss(gen, pos, neg, neg_w, sample_w, config)
 
 
@@ -721,7 +788,13 @@ def drift_loss(gen_feats: Any, pos_feats: Any, *, config: LossConfig = LossConfi
 def _loss(gen, pos, neg, neg_w, sample_w, config):
   total, metrics = jnp.float32(0.0), {}
   for key, x in gen.items():  # feature maps differ in D: a short Python loop, vmap within
-    loss, m = _group_loss(x, pos[key], neg.get(key), neg_w, sample_w, config)
+    c, g = x.shape[:2]
+    # Rows (class, group), class-major; per-class weights repeat over the class's groups.
+    flat = lambda a: None if a is None else a.reshape((c * g,) + a.shape[2:])
+    per_row = lambda a: None if a is None else jnp.repeat(a, g, axis=0)
+    sw = jnp.ones((c * g, x.shape[2])) if sample_w is None else per_row(sample_w)
+    loss, m = _group_loss(flat(x), flat(pos[key]), flat(neg.get(key)), per_row(neg_w), sw,
+                          config, num_classes=c)
     total = total + loss
     metrics[f"loss/{key}"] = loss
     for name, value in m.items():

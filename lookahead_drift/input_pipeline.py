@@ -23,6 +23,9 @@ import numpy as np
 TOY_DATASETS = ("eight_gaussians", "checkerboard", "swiss_roll")
 IMAGE_DATASETS = ("fashion_mnist", "cifar10")
 DATASETS = TOY_DATASETS + IMAGE_DATASETS
+# Classes of each data set: the toy labels are the modes / filled squares (swiss roll: one).
+NUM_CLASSES = {"eight_gaussians": 8, "checkerboard": 8, "swiss_roll": 1, "fashion_mnist": 10,
+               "cifar10": 10}
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 _FASHION_MNIST_HOWTO = (
@@ -61,17 +64,20 @@ def sample_toy(name: str, n: int, rng: np.random.Generator | int) -> np.ndarray:
   return points
 
 
-def _sample_toy_with_labels(name: str, n: int,
-                            rng: np.random.Generator | int) -> tuple[np.ndarray, np.ndarray]:
-  """Toy points and labels: the mode index for eight_gaussians, the square for checkerboard."""
+def _sample_toy_with_labels(name: str, n: int, rng: np.random.Generator | int,
+                            labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Toy points and labels: the mode index for eight_gaussians, the square for checkerboard.
+
+  `labels` [n]: draw each point from that class instead of drawing the classes.
+  """
   rng = np.random.default_rng(rng)
   if name == "eight_gaussians":
-    labels = rng.integers(0, 8, size=n)
+    labels = rng.integers(0, 8, size=n) if labels is None else labels
     points = (eight_gaussians_centers()[labels]
               + EIGHT_GAUSSIANS_STD * rng.standard_normal((n, 2)))
   elif name == "checkerboard":
     # 4x4 board on [-4, 4]^2, the 8 cells with (row + col) even are filled.
-    cell = rng.integers(0, 8, size=n)
+    cell = rng.integers(0, 8, size=n) if labels is None else labels
     row = cell // 2
     col = 2 * (cell % 2) + (row % 2)
     points = np.stack([col, row], axis=-1) * 2.0 - 4.0 + 2.0 * rng.random((n, 2))
@@ -350,3 +356,77 @@ def _image_stream(images: np.ndarray, labels: np.ndarray, seed: int, batch_size:
       batch = np.where(flip[:, None, None, None], batch[:, :, ::-1], batch)
     yield {"image": batch, "label": labels[idx]}
     step += 1
+
+
+# ----------------------------------------------------------------------------- per-class batches
+
+
+def create_class_dataset(data_config: Any, *, labels_per_step: int, pos_per_label: int,
+                         neg_per_label: int, seed: int, process_index: int = 0,
+                         process_count: int = 1, start_step: int = 0) -> Iterator[dict]:
+  """Endless per-process class-conditional batches, a pure function of (seed, step):
+
+    "label"     int32 [C_local]: distinct classes (every class each step when C = classes);
+    "image"     [C_local, pos_per_label, ...]: real samples of each label (the positives);
+    "neg_image" [C_local, neg_per_label, ...]: real samples of any class (guidance negatives).
+
+  The labels of a step are split over processes (C_local = C / process_count). Positives are
+  drawn without replacement within a class and step, negatives uniformly from the whole set.
+  """
+  name = _get(data_config, "name")
+  if name not in DATASETS:
+    raise ValueError(f"data_config.name={name!r}; expected one of {DATASETS}.")
+  num_classes = NUM_CLASSES[name]
+  if not 1 <= labels_per_step <= num_classes:
+    raise ValueError(f"labels_per_step={labels_per_step}: {name} has {num_classes} classes; "
+                     f"expected 1..{num_classes}.")
+  if labels_per_step % process_count:
+    raise ValueError(f"labels_per_step={labels_per_step} must be divisible by "
+                     f"process_count={process_count}.")
+  if pos_per_label < 1 or neg_per_label < 0 or start_step < 0:
+    raise ValueError(f"pos_per_label={pos_per_label} (>= 1), neg_per_label={neg_per_label} "
+                     f"(>= 0), start_step={start_step} (>= 0).")
+  local = labels_per_step // process_count
+  rows = slice(process_index * local, (process_index + 1) * local)
+  flip = bool(_get(data_config, "random_flip", False))
+  if name in TOY_DATASETS:
+    def draw(labels, key):
+      return _sample_toy_with_labels(name, labels.size, key, labels.reshape(-1))[0].reshape(
+          labels.shape + (2,))
+  else:
+    images, all_labels = load_images(data_config)
+    by_class = [np.flatnonzero(all_labels == c) for c in range(num_classes)]
+    if min(len(i) for i in by_class) < pos_per_label:
+      raise ValueError(f"pos_per_label={pos_per_label}: the smallest class of {name} has only "
+                       f"{min(len(i) for i in by_class)} examples.")
+  step = start_step
+  while True:
+    rng = np.random.default_rng([seed, step, 0xC1A55])
+    labels = (np.arange(num_classes) if labels_per_step == num_classes
+              else np.sort(rng.choice(num_classes, labels_per_step, replace=False)))
+    if name in TOY_DATASETS:  # cheap: the whole step is drawn, then this process's rows
+      pos = draw(np.repeat(labels[:, None], pos_per_label, 1), [seed, step, 0xC2])[rows]
+      neg = draw(rng.integers(0, num_classes, (labels_per_step, neg_per_label)),
+                 [seed, step, 0xC3])[rows]
+      labels = labels[rows]
+    else:
+      labels = labels[rows]
+      # Each class draws from its own stream, so a label's positives do not depend on which
+      # other labels (or processes) share the step.
+      pos_idx = np.stack([by_class[c][np.random.default_rng([seed, step, 0xC2, c]).choice(
+          len(by_class[c]), pos_per_label, replace=False)] for c in labels])
+      neg_idx = np.random.default_rng([seed, step, 0xC3]).integers(
+          0, len(images), (labels_per_step, neg_per_label))[rows]
+      pos, neg = to_float(images[pos_idx]), to_float(images[neg_idx])
+      if flip:  # drawn per label / for the whole step: independent of the process count
+        pos = _flip(pos, np.stack([np.random.default_rng([seed, step, 0xF2, c]).random(
+            pos_per_label) for c in labels]))
+        neg = _flip(neg, np.random.default_rng([seed, step, 0xF3]).random(
+            (labels_per_step, neg_per_label))[rows])
+    yield {"label": labels.astype(np.int32), "image": pos, "neg_image": neg}
+    step += 1
+
+
+def _flip(batch: np.ndarray, u: np.ndarray) -> np.ndarray:
+  """Left-right flips of the NHWC images [..., H, W, C] whose uniform draw u [...] is < 1/2."""
+  return np.where((u < 0.5)[..., None, None, None], batch[..., :, ::-1, :], batch)

@@ -230,3 +230,14 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
         **common)
     return module, (height, width, int(_field(model_config, "noise_channels", channels)))
   raise ValueError(f"model_config.name={name!r}; expected 'mlp' or 'unet'.")
+
+
+def example_conditions(model_config: Any, n: int) -> dict[str, jax.Array]:
+  """The generator's keyword inputs besides noise for n examples (label 0, α = 1): what
+  `init` needs to build a conditional generator's embeddings."""
+  out = {}
+  if int(_field(model_config, "num_classes", 0)):
+    out["labels"] = jnp.zeros((n,), jnp.int32)
+  if bool(_field(model_config, "alpha_conditioning", False)):
+    out["alpha"] = jnp.ones((n,), jnp.float32)
+  return out

@@ -33,21 +33,32 @@ def _generator(model_config: ml_collections.ConfigDict) -> tuple[Any, tuple[int,
 
 
 def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
-             rng: jax.Array, *, batch_size: int | None = None) -> np.ndarray:
+             rng: jax.Array, *, labels: Any = None, alpha: float = 1.0,
+             batch_size: int | None = None) -> np.ndarray:
   """`num` one-step samples of the generator in `config` with `params` (float32 numpy).
 
-  Conditional models (config.model.num_classes > 0) get labels 0, 1, 2, ... cycling.
+  Conditional models (config.model.num_classes > 0) take `labels` [num] (default 0, 1, 2, ...
+  cycling); models conditioned on the guidance scale take `alpha` (1: no guidance).
   Generation runs in chunks of `batch_size` (default config.sample.batch_size) to bound memory.
   """
   apply, noise_shape = _generator(config.model)
   num_classes = config.model.get("num_classes", 0) or 0
+  if num_classes:
+    labels = np.arange(num) % num_classes if labels is None else np.asarray(labels)
+    if labels.shape != (num,):
+      raise ValueError(f"labels: expected [{num}] (one per sample), got {labels.shape}")
+  use_alpha = config.model.get("alpha_conditioning", False)
   batch_size = batch_size or config.get("sample", {}).get("batch_size", 1024)
   out = []
   for i, start in enumerate(range(0, num, batch_size)):
     n = min(batch_size, num - start)
     noise = jax.random.normal(jax.random.fold_in(rng, i), (n, *noise_shape), jnp.float32)
-    labels = (jnp.arange(start, start + n) % num_classes).astype(jnp.int32) if num_classes else None
-    out.append(np.asarray(apply(params, noise, labels=labels), np.float32))
+    kw = {}
+    if num_classes:
+      kw["labels"] = jnp.asarray(labels[start:start + n], jnp.int32)
+    if use_alpha:
+      kw["alpha"] = jnp.full((n,), alpha, jnp.float32)
+    out.append(np.asarray(apply(params, noise, **kw), np.float32))
   return np.concatenate(out, 0) if out else np.zeros((0,), np.float32)
 
 

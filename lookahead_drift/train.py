@@ -35,6 +35,7 @@ from lookahead_drift import checkpoint
 from lookahead_drift import cli
 from lookahead_drift import drift
 from lookahead_drift import encoder
+from lookahead_drift import guidance
 from lookahead_drift import input_pipeline
 from lookahead_drift import metrics_io
 from lookahead_drift import models
@@ -100,9 +101,15 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                loss_config: drift.LossConfig, ema_decay: float,
                noise_sharding: jax.sharding.Sharding | None = None,
+               cond: guidance.Guidance | None = None,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on the GLOBAL batch: generate, embed, drift loss, AdamW, EMA.
 
+  Unconditional: batch {"image": [B, ...]}, B generated samples against B positives.
+  Class-conditional (`cond`): batch {"label": [C], "image": [C, M, ...], "neg_image":
+  [C, L, ...]}; α drawn per label, `cond.gen_per_label` samples generated per label with its
+  label and α, and one drift problem per (label, feature group) with the unconditional
+  negatives weighted (α − 1)(N − 1)/L (drifting.md §4).
   The batch arrays arrive sharded over "data"; the drift loss couples all samples, so XLA
   inserts the needed collectives and the result does not depend on the device count.
   A step whose loss, gradient or new parameters are not finite changes only `step`; its
@@ -110,23 +117,41 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   """
   rng = jax.random.fold_in(state.rng, state.step)
   real = batch["image"]
-  noise = jax.random.normal(rng, (real.shape[0], *noise_shape), jnp.float32)
+  as_f32 = lambda tree: jax.tree.map(lambda f: f.astype(jnp.float32), tree)
+  embed = lambda x: as_f32(feature_fn(encoder_params, x))
+  extra_metrics, gen_inputs, loss_inputs = {}, {}, {}
+  if cond is None:
+    num_gen, rows = real.shape[0], lambda feats: feats
+    pos_feats = jax.lax.stop_gradient(embed(real))
+  else:
+    labels = batch["label"]
+    num_labels = labels.shape[0]
+    num_gen = num_labels * cond.gen_per_label
+    alpha = guidance.sample_alpha(jax.random.fold_in(rng, 1), num_labels, cond)
+    per_sample = lambda a: jnp.repeat(a, cond.gen_per_label, axis=0)
+    gen_inputs = {"labels": per_sample(labels), "alpha": per_sample(alpha)}
+    rows = lambda feats: guidance.class_rows(feats, num_labels)      # -> [C, G, K, D]
+    flat = lambda x: x.reshape((-1, *x.shape[2:]))                    # [C, K, ...] -> [C·K, ...]
+    pos_feats = jax.lax.stop_gradient(rows(embed(flat(real))))
+    if cond.neg_per_label:
+      loss_inputs = {"neg_feats": jax.lax.stop_gradient(rows(embed(flat(batch["neg_image"])))),
+                     "neg_weights": guidance.negative_weights(alpha, cond)}
+    extra_metrics = {"guidance/alpha_mean": jnp.mean(alpha)}
+  noise = jax.random.normal(rng, (num_gen, *noise_shape), jnp.float32)
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
-  as_f32 = lambda tree: jax.tree.map(lambda f: f.astype(jnp.float32), tree)
-  pos_feats = jax.lax.stop_gradient(as_f32(feature_fn(encoder_params, real)))
 
   def loss_fn(params):
-    generated = generator.apply(params, noise).astype(jnp.float32)
-    gen_feats = as_f32(feature_fn(encoder_params, generated))
-    return drift.drift_loss(gen_feats, pos_feats, config=loss_config)
+    generated = generator.apply(params, noise, **gen_inputs).astype(jnp.float32)
+    return drift.drift_loss(rows(embed(generated)), pos_feats, config=loss_config,
+                            **loss_inputs)
 
   (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                             state.ema_params, params)
-  metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()},
+  metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()}, **extra_metrics,
              "loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
   bad = [~jnp.all(jnp.isfinite(metrics[k])) for k in NONFINITE_METRICS]
@@ -153,7 +178,9 @@ class Experiment:
 def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
   """Builds model, encoder, optimizer, initial sharded state and the compiled-once step."""
   mesh = mesh or sharding.create_mesh(config.mesh.num_model)
-  sharding.check_batch_size(config.data.batch_size, mesh)
+  cond = guidance.from_config(config)
+  sharding.check_batch_size(config.data.batch_size if cond is None else cond.labels_per_step,
+                            mesh)
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
@@ -162,7 +189,8 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
 
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32))
+    params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32),
+                            **models.example_conditions(config.model, 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                       opt_state=optimizer.init(params), rng=state_rng)
 
@@ -175,7 +203,7 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
   step = functools.partial(
       train_step, generator=generator, noise_shape=noise_shape, feature_fn=feature_fn,
       optimizer=optimizer, schedule=schedule, loss_config=loss_config,
-      ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh))
+      ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh), cond=cond)
   step_fn = jax.jit(
       step,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
@@ -186,14 +214,21 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
 
 def create_dataset(config: ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:
   """This process's share of each global batch, starting at `start_step`."""
-  return input_pipeline.create_dataset(
-      config.data, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count(), start_step=start_step)
+  where = dict(seed=config.seed, process_index=jax.process_index(),
+               process_count=jax.process_count(), start_step=start_step)
+  cond = guidance.from_config(config)
+  if cond is None:
+    return input_pipeline.create_dataset(config.data, **where)
+  return input_pipeline.create_class_dataset(
+      config.data, labels_per_step=cond.labels_per_step, pos_per_label=cond.pos_per_label,
+      neg_per_label=cond.neg_per_label, **where)
 
 
 def _train_inputs(local_batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """The arrays the (unconditional) train step reads; labels are not used yet."""
-  return {"image": local_batch["image"]}
+  """The arrays the train step reads: the images, and for conditional batches (which carry
+  "neg_image") the labels and negatives; unconditional batches' labels are not used."""
+  keys = ("label", "image", "neg_image") if "neg_image" in local_batch else ("image",)
+  return {k: local_batch[k] for k in keys}
 
 
 def host_params(tree: PyTree) -> PyTree:
@@ -356,7 +391,7 @@ def _checked_inputs(config: ConfigDict) -> tuple[Experiment, dict[str, Any], np.
   file is written: (experiment, an empty metric window, real reference samples)."""
   exp = create_experiment(config)
   probe = _train_inputs(next(create_dataset(config, 0)))
-  batch = {k: jax.ShapeDtypeStruct((config.data.batch_size, *v.shape[1:]), v.dtype)
+  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype)
            for k, v in probe.items()}
   _, metric_shapes = jax.eval_shape(exp.step_fn, exp.state, batch, exp.encoder_params)
   return exp, empty_window(metric_shapes), _real_reference(config, config.sample.num_png)

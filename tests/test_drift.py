@@ -22,8 +22,13 @@ def ref_logk(x, y, tau, kernel):
 
 
 def ref_field(x, pos, neg=None, *, tau, kernel="laplace", normalization="mean_shift",
-              floor=0.0, self_neg=None, neg_w=None):
-  """V(x) per drifting.md §2. Negatives: `neg` if self_neg is False, else [x (no self); neg]."""
+              floor=0.0, self_neg=None, neg_w=None, weighting="kernel"):
+  """V(x) per drifting.md §2. Negatives: `neg` if self_neg is False, else [x (no self); neg].
+
+  neg_w weighs the explicit negatives: "kernel" multiplies k by w (drifting.md §4, the weighted
+  empirical distribution); "affinity" multiplies the normalised, floored affinity by w (the
+  official code's placement: the softmaxes never see w).
+  """
   x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
   n = len(x)
   if self_neg is None:
@@ -41,14 +46,17 @@ def ref_field(x, pos, neg=None, *, tau, kernel="laplace", normalization="mean_sh
   wneg = np.ones(len(ynegs))
   if neg_w is not None:
     wneg[len(ynegs) - len(neg_w):] = neg_w
-  kn = np.exp(ref_logk(x, ynegs, tau, kernel)) * keep * wneg[None]
+  kernel_w = wneg if weighting == "kernel" else np.ones(len(ynegs))
+  after_w = np.concatenate([np.ones(len(ynegs)) if weighting == "kernel" else wneg,
+                            np.ones(len(pos))])
+  kn = np.exp(ref_logk(x, ynegs, tau, kernel)) * keep * kernel_w[None]
   kp = np.exp(ref_logk(x, pos, tau, kernel))
   v = np.zeros_like(x)
   if normalization == "mean_shift":
     for i in range(n):
       vp = (kp[i][:, None] * (pos - x[i])).sum(0) / kp[i].sum()
-      vn = (kn[i][:, None] * (ynegs - x[i])).sum(0) / kn[i].sum()
-      v[i] = vp - vn
+      an = kn[i] / kn[i].sum() * after_w[:len(ynegs)]
+      v[i] = vp - (an[:, None] * (ynegs - x[i])).sum(0)
     return v
   targets = np.concatenate([ynegs, pos])
   k = np.concatenate([kn, kp], axis=1)
@@ -56,7 +64,8 @@ def ref_field(x, pos, neg=None, *, tau, kernel="laplace", normalization="mean_sh
   row = k / k.sum(1, keepdims=True)
   col = k / np.where(colsum > 0, colsum, 1.0)  # a target of weight 0: empty column
   a = np.sqrt(np.maximum(row * col, floor))
-  a[:, np.concatenate([wneg, np.ones(len(pos))]) == 0] = 0.0  # ... that the floor leaves out
+  a[:, np.concatenate([kernel_w, np.ones(len(pos))]) == 0] = 0.0  # ... that the floor leaves out
+  a = a * after_w[None]
   ln = len(ynegs)
   for i in range(n):
     s_neg, s_pos = a[i, :ln].sum(), a[i, ln:].sum()
@@ -75,34 +84,58 @@ def ref_chain(x, pos, *, k, tau, eta=1.0, extra=None, neg_w=None, **kw):
   return np.stack(terms)
 
 
+def ref_summed_chain(x, pos, *, k, taus, eta, extra=None, neg_w=None, **kw):
+  """One chain for all temperatures, pushed by Σ_τ V_τ / rms(V_τ): [K+1, T, N, D]."""
+  xi, terms = np.asarray(x, np.float64), []
+  for _ in range(k + 1):
+    v = np.stack([ref_field(xi, pos, extra, tau=t, self_neg=True, neg_w=neg_w, **kw)
+                  for t in taus])
+    terms.append(v)
+    xi = xi + eta * sum(vt / np.sqrt((vt**2).mean()) for vt in v)
+  return np.stack(terms)
+
+
 def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
-  """drifting.md §3-4 for one feature map [G, N, D], step by step in float64."""
+  """drifting.md §3-4 for one feature map of R rows [R, N, D], step by step in float64.
+
+  neg_w: [L] for every row or [R, L] per row; sample_w: [N] or [R, N]. All rows share the
+  scale Σ_rij w_rj d_rij / (N Σ_rj w_rj) and each temperature's drift normalisation.
+  """
   x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
   g, n, d = x.shape
-  sample_w = np.ones(n) if sample_w is None else np.asarray(sample_w, np.float64)
+  sample_w = np.broadcast_to(np.ones(n) if sample_w is None else sample_w, (g, n))
+  row_w = [None] * g if neg_w is None else np.broadcast_to(neg_w, (g, neg.shape[1]))
   if cfg.feature_normalization:
-    dists, wsum = [], 0.0
+    num, den = 0.0, 0.0
     for gi in range(g):
       targets = [x[gi], pos[gi]] + ([neg[gi]] if neg is not None else [])
       tw = [np.ones(n), np.ones(pos.shape[1])] + (
-          [np.ones(neg.shape[1]) if neg_w is None else np.asarray(neg_w)]
-          if neg is not None else [])
+          [np.ones(neg.shape[1]) if neg_w is None else row_w[gi]] if neg is not None else [])
       t, tw = np.concatenate(targets), np.concatenate(tw)
-      dists.append((ref_dist(x[gi], t) * tw).sum() / (n * tw.sum()))
-    s = np.mean(dists) / np.sqrt(d)
+      num += (ref_dist(x[gi], t) * tw).sum()
+      den += n * tw.sum()
+    s = num / den / np.sqrt(d)
     tfac = np.sqrt(d) if cfg.kernel == "laplace" else d
   else:
     s, tfac = 1.0, 1.0
   xn, pn = x / s, pos / s
   nn = None if neg is None else np.asarray(neg, np.float64) / s
   weights = cfg.term_weights or (1.0,) * (cfg.num_lookahead + 1)
+  kw = dict(kernel=cfg.kernel, normalization=cfg.normalization, floor=cfg.floor,
+            weighting=cfg.neg_weighting)
+  taus = [tau * tfac for tau in cfg.temperatures]
+  if cfg.chain == "summed":
+    chains = np.stack([ref_summed_chain(xn[gi], pn[gi], k=cfg.num_lookahead, taus=taus,
+                                        eta=cfg.step_size, extra=None if nn is None else nn[gi],
+                                        neg_w=row_w[gi], **kw) for gi in range(g)], axis=2)
+  else:  # [K+1, T, G, N, D]
+    chains = np.stack([np.stack([
+        ref_chain(xn[gi], pn[gi], k=cfg.num_lookahead, tau=tau, eta=cfg.step_size,
+                  extra=None if nn is None else nn[gi], neg_w=row_w[gi], **kw)
+        for gi in range(g)], axis=1) for tau in taus], axis=1)
   total = np.zeros_like(xn)
-  for tau in cfg.temperatures:
-    terms = np.stack([
-        ref_chain(xn[gi], pn[gi], k=cfg.num_lookahead, tau=tau * tfac, eta=cfg.step_size,
-                  extra=None if nn is None else nn[gi], neg_w=neg_w, kernel=cfg.kernel,
-                  normalization=cfg.normalization, floor=cfg.floor) for gi in range(g)
-    ], axis=1)  # [K+1, G, N, D]
+  for ti in range(len(taus)):
+    terms = chains[:, ti]  # [K+1, G, N, D]
     if cfg.term_scaling == "unit_rms":
       terms = terms / np.sqrt((terms**2).mean(axis=(1, 2, 3), keepdims=True))
     field = sum(w * t for w, t in zip(weights, terms))
@@ -110,7 +143,7 @@ def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
       field = field / np.sqrt((field**2).mean())
     total += field
   # target = x + V, so ‖x − target‖² = ‖V‖²; summed over groups, mean over samples and dims.
-  return sum((sample_w * (total[gi] ** 2).mean(-1)).mean() for gi in range(g))
+  return sum((sample_w[gi] * (total[gi] ** 2).mean(-1)).mean() for gi in range(g))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,15 +207,16 @@ def test_anti_symmetry_and_zero_at_equality(normalization):
   np.testing.assert_allclose(v_aa, 0.0, atol=1e-6)
 
 
+@pytest.mark.parametrize("weighting", drift.WEIGHTINGS)
 @pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
-def test_chain_matches_reference(normalization):
+def test_chain_matches_reference(normalization, weighting):
   x, y, extra = points(8, 12, 3, scale=2.0), points(9, 10, 3, 1.5), points(10, 4, 3, -2.0)
   neg_w = np.array([0.5, 2.0, 1.0, 0.0], np.float32)
   got = drift.lookahead_drift(x, y, num_lookahead=3, temperature=0.8, step_size=0.7,
                               normalization=normalization, extra_negatives=extra,
-                              neg_weights=neg_w, floor=1e-6)
+                              neg_weights=neg_w, floor=1e-6, weighting=weighting)
   want = ref_chain(x, y, k=3, tau=0.8, eta=0.7, extra=extra, neg_w=neg_w,
-                   normalization=normalization, floor=1e-6)
+                   normalization=normalization, floor=1e-6, weighting=weighting)
   assert got.shape == (4, 12, 3)
   assert_close(got, want)
   assert not np.allclose(got[1], got[0], atol=1e-3)  # later terms are new information
@@ -224,6 +258,9 @@ def test_gradient_flows_only_through_generated_features():
     drift.LossConfig(num_lookahead=1, kernel="gaussian", temperatures=(0.1, 0.3)),
     drift.LossConfig(num_lookahead=1, feature_normalization=False, drift_normalization=False,
                      temperatures=(1.0,)),
+    drift.LossConfig(neg_weighting="kernel"),
+    drift.LossConfig(num_lookahead=2, neg_weighting="kernel", normalization="mean_shift"),
+    drift.LossConfig(num_lookahead=2, chain="summed", step_size=0.5),
 ])
 def test_loss_matches_reference(cfg):
   rng = np.random.default_rng(18)
@@ -237,6 +274,74 @@ def test_loss_matches_reference(cfg):
   assert_close(loss, want, rtol=1e-4)
   assert set(metrics) >= {"loss", "feature_scale/f", "drift_rms/term0"}
   assert f"drift_rms/term{cfg.num_lookahead}" in metrics
+
+
+@pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)
+def test_weight_zero_negative_keeps_row_mass_only_with_affinity_weighting(normalization):
+  """"affinity": a weight-0 negative still takes its share of the softmaxes (the official
+  placement), so the field differs from the field without it; "kernel": it drops out."""
+  x, y, z = points(30, 9, 3), points(31, 7, 3, 0.8), points(32, 3, 3, -0.5)
+  w = np.array([1.0, 0.0, 2.0], np.float32)
+  kw = dict(temperature=0.6, normalization=normalization, floor=1e-6)
+  without = drift.lookahead_drift(x, y, num_lookahead=0, extra_negatives=z[[0, 2]],
+                                  neg_weights=w[[0, 2]], weighting="kernel", **kw)
+  kernel = drift.lookahead_drift(x, y, num_lookahead=0, extra_negatives=z, neg_weights=w,
+                                 weighting="kernel", **kw)
+  affinity = drift.lookahead_drift(x, y, num_lookahead=0, extra_negatives=z, neg_weights=w,
+                                   **kw)
+  np.testing.assert_allclose(kernel, without, atol=1e-6)
+  assert np.max(np.abs(np.asarray(affinity) - np.asarray(without))) > 1e-3
+  assert_close(affinity[0], ref_chain(x, y, k=0, tau=0.6, extra=z, neg_w=w,
+                                      normalization=normalization, floor=1e-6,
+                                      weighting="affinity")[0])
+
+
+def test_summed_chain_k0_is_the_per_temperature_loss():
+  x, y = points(33, 10, 5), points(34, 8, 5, 0.5)
+  per_t, _ = drift.drift_loss(x, y, config=drift.LossConfig())
+  summed, _ = drift.drift_loss(x, y, config=drift.LossConfig(chain="summed"))
+  np.testing.assert_allclose(summed, per_t, rtol=1e-6)
+  k2 = [drift.drift_loss(x, y, config=drift.LossConfig(num_lookahead=2, chain=c))[0]
+        for c in drift.CHAINS]
+  assert abs(float(k2[0]) - float(k2[1])) > 1e-4 * abs(float(k2[0]))
+
+
+@pytest.mark.parametrize("weighting", drift.WEIGHTINGS)
+def test_class_conditional_loss_matches_reference(weighting):
+  """[C, G, N, D]: C·G rows with their own positives, negatives and per-class weights, one
+  shared scale and drift normalisation, mean over classes."""
+  rng = np.random.default_rng(35)
+  c, g, n, m, l, d = 3, 2, 6, 5, 4, 4
+  x = rng.normal(size=(c, g, n, d)).astype(np.float32)
+  pos = (rng.normal(size=(c, g, m, d)) + np.arange(c)[:, None, None, None]).astype(np.float32)
+  neg = rng.normal(size=(c, g, l, d)).astype(np.float32)
+  neg_w = rng.uniform(0.0, 3.0, (c, l)).astype(np.float32)
+  sample_w = rng.uniform(0.5, 1.5, (c, n)).astype(np.float32)
+  cfg = drift.LossConfig(num_lookahead=1, neg_weighting=weighting)
+  loss, _ = drift.drift_loss({"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg},
+                             neg_weights=neg_w, sample_weights=sample_w)
+  rows = lambda a: a.reshape((c * g,) + a.shape[2:])
+  want = ref_loss(rows(x), rows(pos), cfg=cfg, neg=rows(neg), neg_w=np.repeat(neg_w, g, 0),
+                  sample_w=np.repeat(sample_w, g, 0)) / c
+  assert_close(loss, want, rtol=1e-4)
+  # Positives are per class: pooling them over classes is a different loss.
+  pooled = np.broadcast_to(pos.transpose(1, 0, 2, 3).reshape(g, c * m, d), (c, g, c * m, d))
+  other, _ = drift.drift_loss({"f": x}, {"f": pooled}, config=cfg, neg_feats={"f": neg},
+                              neg_weights=neg_w, sample_weights=sample_w)
+  assert abs(float(other) - float(loss)) > 1e-3 * float(loss)
+
+
+def test_class_conditional_unit_weights_equal_rows_as_groups():
+  """Weights 1 and no unconditional negatives: the conditional loss is the loss of the same
+  rows as feature groups, per class (mean over classes)."""
+  rng = np.random.default_rng(36)
+  x, pos = rng.normal(size=(4, 2, 8, 3)), rng.normal(size=(4, 2, 6, 3)) + 0.5
+  cond, _ = drift.drift_loss(x, pos, config=drift.LossConfig(num_lookahead=1))
+  flat, _ = drift.drift_loss(x.reshape(8, 8, 3), pos.reshape(8, 6, 3),
+                             config=drift.LossConfig(num_lookahead=1))
+  np.testing.assert_allclose(cond, flat / 4, rtol=1e-5)
+  one, _ = drift.drift_loss(x[:1], pos[:1])
+  np.testing.assert_allclose(one, drift.drift_loss(x[0], pos[0])[0], rtol=1e-6)
 
 
 def test_several_feature_maps_sum():
@@ -327,6 +432,10 @@ def test_single_sample_without_negatives_is_finite():
      "temperature"),
     (lambda x, y: drift.drift_loss(x, y[:, :2]), "pos_feats"),
     (lambda x, y: drift.drift_loss(x, y, sample_weights=np.ones(3)), "sample_weights"),
+    (lambda x, y: drift.drift_loss(x, y, neg_feats=y[:2], neg_weights=np.ones((2, 2))),
+     "neg_weights"),
+    (lambda x, y: drift.LossConfig(neg_weighting="logits"), "weighting"),
+    (lambda x, y: drift.LossConfig(chain="joint"), "chain"),
     (lambda x, y: drift.LossConfig(temperatures=(0.1, 0.0)), "temperatures"),
     (lambda x, y: drift.LossConfig(num_lookahead=-2), "num_lookahead"),
     (lambda x, y: drift.LossConfig(kernel="rbf"), "kernel"),

@@ -2,6 +2,7 @@
 lookahead_drift.drift, against each other and the float64 reference of test_drift.py."""
 
 import dataclasses
+import itertools
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,14 +18,14 @@ def test_streaming_matches_dense_and_reference_at_tile_edges():
     x, y = rng.normal(size=(n, 6)).astype(np.float32), rng.normal(1, 1, (m, 6)).astype(np.float32)
     extra = rng.normal(-1, 1, (l, 6)).astype(np.float32) if l else None
     w = np.linspace(0.0, 2.0, l).astype(np.float32) if l else None  # w[0] = 0
-    for norm in drift.NORMALIZATIONS:
+    for norm, weighting in itertools.product(drift.NORMALIZATIONS, drift.WEIGHTINGS):
       kw = dict(num_lookahead=1, temperature=0.3, normalization=norm, floor=1e-6,
-                extra_negatives=extra, neg_weights=w)
+                extra_negatives=extra, neg_weights=w, weighting=weighting)
       dense = drift.lookahead_drift(x, y, impl="dense", **kw)
       stream = drift.lookahead_drift(x, y, impl="streaming", block_size=block, **kw)
       assert_close(stream, dense, rtol=2e-5)
       assert_close(stream, ref_chain(x, y, k=1, tau=0.3, extra=extra, neg_w=w,
-                                     normalization=norm, floor=1e-6))
+                                     normalization=norm, floor=1e-6, weighting=weighting))
 
 
 @pytest.mark.parametrize("chunk", [1, 2, 4])
@@ -59,7 +60,7 @@ def test_dense_flops_are_one_distance_and_one_affinity_product_per_temperature()
   cfg = drift.LossConfig()
   x = jnp.zeros((g, n, d))
   y = jnp.zeros((g, m, d))
-  compiled = drift._loss.lower({"f": x}, {"f": y}, {}, None, jnp.ones((n,)),
+  compiled = drift._loss.lower({"f": x[None]}, {"f": y[None]}, {}, None, None,
                                cfg).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

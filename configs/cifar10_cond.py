@@ -1,0 +1,15 @@
+"""configs/cifar10.py, class-conditional with classifier-free guidance (issue 14).
+
+Per step every class: 32 positives, 16 generated samples and 16 unconditional negatives per
+class, α log-uniform on [1, 4] (a tenth at α = 1).
+"""
+
+from configs import cifar10
+from configs import common
+
+
+def get_config():
+  config = cifar10.get_config()
+  config.data.batch_size = 320  # positives per step: 32 for each of the 10 classes
+  return common.make_conditional(config, labels_per_step=10, gen_per_label=16,
+                                 neg_per_label=16, no_cfg_fraction=0.1)
