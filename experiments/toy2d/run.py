@@ -664,9 +664,13 @@ def plot_curves(path: str, s: Settings, arms: dict[str, Any], res: dict[str, Any
 
 
 def plot_controls(path: str, s: Settings, arms: dict[str, Any], res: dict[str, Any]) -> None:
+  summed = lambda a: dict(map(tuple, a["spec"]["loss"])).get("chain") == "summed"
   panels = [("k = 0 controls: x + cV, lr × 2", lambda a: a["spec"]["k"] == 0),
-            ("lookahead variants and chain", lambda a: a["spec"]["k"] > 0)]
-  fig, axes = plt.subplots(len(s.datasets), 2, figsize=(11, 3.3 * len(s.datasets)),
+            ("lookahead variants", lambda a: a["spec"]["k"] > 0 and not summed(a)),
+            ("summed chain (symlog axis)", lambda a: summed(a) or a["spec"]["group"] == "main"
+             and a["spec"]["k"] > 0)]
+  fig, axes = plt.subplots(len(s.datasets), len(panels), figsize=(5.5 * len(panels),
+                                                                   3.3 * len(s.datasets)),
                            squeeze=False)
   for r, ds in enumerate(s.datasets):
     for c, (title, pick) in enumerate(panels):
@@ -677,6 +681,8 @@ def plot_controls(path: str, s: Settings, arms: dict[str, Any], res: dict[str, A
         _delta_band(ax, res["per_step"][ds][name]["energy"], f"C{i}", name,
                     ls="--" if main else "-")
       ax.axhline(0.0, color="black", lw=0.8)
+      if title.startswith("summed"):
+        ax.set_yscale("symlog", linthresh=0.1)
       ax.set_title(f"{ds}: ΔED vs k=0, {title}", fontsize=9)
       ax.set_xlabel("training step")
       ax.grid(alpha=0.3)
