@@ -1,18 +1,30 @@
-"""Toy 2-D study (issue 4): does lookahead drifting (k >= 1) beat drifting (k = 0)?
+"""Toy 2-D study (issue 15): does lookahead drifting (k >= 1) beat drifting (k = 0)?
 
-  python experiments/toy2d/run.py --out=experiments/toy2d            # the whole study
-  python experiments/toy2d/run.py --out=/tmp/toy2d --quick           # a tiny version (tests)
+  PYTHONPATH=. python experiments/toy2d/run.py --out=experiments/toy2d/issue15   # everything
+  PYTHONPATH=. python experiments/toy2d/run.py --out=/tmp/toy2d --quick          # tiny (tests)
+  PYTHONPATH=. python experiments/toy2d/run.py --out=... --stage=timing          # one stage
 
-Stages:
-1. Sweep: on one data set, every k >= 1 tries a few settings of the knobs the paper leaves
-   open (step size η, term scaling, term weights); each k keeps the one with the lowest energy
-   distance to VALIDATION samples (a sample stream the final evaluation never sees).
-2. Study: every data set × k × seed trains a one-step MLP generator with `train.train_step`
-   (data sets and seeds vmapped, steps scanned). Every k shares the optimizer, learning rate,
-   batch, initialisations, noise and training data. After every `eval_every` steps the EMA
-   generator is scored against FRESH test samples (energy distance, sliced W2). The k values
-   advance in turn, chunk by chunk, so that their step times are measured under the same load.
-3. Outputs in --out: samples.png, curves.png, results.md (tables), results.json (everything).
+Everything starts from configs/toy2d.py (the fitted toy config: noise 8, MLP 128x4, batch 256,
+AdamW, lr 1e-2 cosine to 1e-3, EMA 0.99, mean shift); only the number of steps (see
+Settings.num_steps), the learning rate (tuned) and the loss fields of each arm change.
+
+Stages (`--stage`; "all" runs them in this order, each writes its file into --out and later
+stages read it, so any stage can be rerun alone):
+1. tune    -> tune.json: every method of TUNED_METHODS (k = 0..3, eq. 6) trains with the
+   config's lr times each of Settings.lr_factors on seeds and data apart from the study
+   (short runs); the method keeps the factor with the lowest energy distance to VALIDATION
+   samples (a sample stream the study never evaluates on).
+2. timing  -> timing.json: seconds per training step of every study arm (all data sets x
+   seeds vmapped), measured in interleaved repeats (median and spread). Equal-time readings
+   and the step counts of the "equal time" arms come from this file: rerun this stage on a
+   quiet machine (then `--stage=study` for the equal-time arms, and `--stage=analyse`).
+3. study   -> arms/<arm>.json (+ .npz samples): every arm of study_arms() trains all data sets
+   x seeds at once (vmapped, steps scanned); every `eval_every` steps the EMA generator is
+   scored against FRESH test samples (energy distance, sliced W2) and every `pr_every` steps
+   also by k-NN precision / recall (k = 3). Arms share initialisations, noise and data per seed.
+4. analyse -> results.json, results.md, curves.png, controls.png, samples*.png: paired-by-seed
+   differences to k = 0 with exact bootstrap 95 % intervals (seeds resampled) and sign counts,
+   at every evaluation, at the final step and at equal wall-clock time.
 """
 
 from __future__ import annotations
@@ -20,109 +32,152 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import itertools
 import json
+import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from typing import Any, Callable
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib  # noqa: E402
+import jax
+import jax.numpy as jnp
+import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import toy2d  # noqa: E402
-from lookahead_drift import encoder, input_pipeline, models, toy_metrics, train  # noqa: E402
+from lookahead_drift import drift, encoder, input_pipeline, models, toy_metrics, train  # noqa: E402
 
 TRAIN, VALID, TEST = 0, 1, 2  # independent streams of target samples
-SWEEP_SEED_OFFSET = 1000  # sweep runs use other initialisations and data than the study
-EVAL_KEY = 7  # the generator noise at evaluation (shared by every k)
-Variant = tuple[float, str, str]  # (step_size η, term_scaling, term weights "uniform"/"geometric")
-DEFAULT_VARIANT: Variant = (1.0, "none", "uniform")  # the paper's eq. 6-7 as written
+TUNE_SEED_OFFSET = 1000  # tuning runs use other initialisations and data than the study
+EVAL_KEY = 7  # the generator noise at evaluation (shared by every arm)
+METRICS = ("energy", "sliced_w2", "precision", "recall")
+LOWER_IS_BETTER = {"energy": True, "sliced_w2": True, "precision": False, "recall": False}
+METRIC_NAMES = {"energy": "ED", "sliced_w2": "SW2", "precision": "P", "recall": "R"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
   datasets: tuple[str, ...] = input_pipeline.TOY_DATASETS
-  ks: tuple[int, ...] = (0, 1, 2, 3)
-  num_seeds: int = 3
-  num_steps: int = 800
-  eval_every: int = 50
-  batch_size: int = 256
-  hidden: tuple[int, ...] = (128, 128, 128)
-  learning_rate: float = 1e-3  # pinned here, not read from configs/toy2d.py
-  warmup_steps: int = 100
-  num_eval: int = 2048  # generated and held-out target samples per evaluation
+  num_seeds: int = 5
+  num_steps: int = 2000  # configs/toy2d.py has 6000; the compute budget allows 2000 (README)
+  chunk: int = 50  # steps per jit-ed scan; every eval/step count is a multiple of it
+  eval_every: int = 100  # energy distance and sliced W2
+  pr_every: int = 500  # precision / recall (numpy, slower)
+  batch_size: int | None = None  # None: the config's (256)
+  hidden: tuple[int, ...] | None = None  # None: the config's (128, 128, 128, 128)
+  warmup_steps: int | None = None  # None: the config's (100)
+  num_eval: int = 2048  # generated and fresh target samples for ED and SW2
+  num_pr: int = 1024  # generated and fresh target samples for precision / recall
+  pr_k: int = 3
   num_projections: int = 128  # sliced W2
-  num_floor_pairs: int = 8  # pairs of target sample sets for the noise floor of the metrics
-  sweep_dataset: str = "checkerboard"
-  sweep_seeds: int = 2
-  sweep_steps: int = 400
-  # Tried for every k >= 1; the first is the paper's setting. "geometric" weights are 2^-i.
-  sweep_grid: tuple[Variant, ...] = (DEFAULT_VARIANT, (0.5, "none", "uniform"),
-                                     (1.0, "unit_rms", "uniform"), (1.0, "none", "geometric"))
+  num_floor_pairs: int = 8  # pairs of target sample sets for the metrics' noise floor
+  lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # times the config's lr (and its end value)
+  tune_seeds: int = 2
+  tune_steps: int = 1000
+  timing_steps: int = 25  # one timed chunk
+  timing_repeats: int = 5
+  num_boot: int = 20000  # Monte Carlo bootstrap draws when exact enumeration is too large
 
 
-QUICK = Settings(datasets=("eight_gaussians",), ks=(0, 1), num_seeds=1, num_steps=4, eval_every=2,
-                 batch_size=32, hidden=(16, 16), warmup_steps=1, num_eval=64, num_projections=8,
-                 num_floor_pairs=2, sweep_seeds=1, sweep_steps=4,
-                 sweep_grid=(DEFAULT_VARIANT, (0.5, "unit_rms", "geometric")))
+QUICK = Settings(datasets=("eight_gaussians", "checkerboard"), num_seeds=2, num_steps=4, chunk=2,
+                 eval_every=2, pr_every=4, batch_size=32, hidden=(16, 16), warmup_steps=1,
+                 num_eval=64, num_pr=48, num_projections=8, num_floor_pairs=2,
+                 lr_factors=(0.5, 1.0), tune_seeds=1, tune_steps=2, timing_steps=2,
+                 timing_repeats=2, num_boot=500)
 
 
-def variant_name(variant: Variant) -> str:
-  step_size, scaling, weights = variant
-  return f"η={step_size:g}, {scaling}, {weights}"
+@dataclasses.dataclass(frozen=True)
+class ArmSpec:
+  """One training arm: a loss setting, whose tuned lr it uses, and how many steps it trains."""
+  name: str
+  k: int
+  group: str  # "main", "extra", "control", "equal_time"
+  lr_of: str  # the tuned method whose learning rate this arm uses
+  lr_mult: float = 1.0
+  loss: tuple[tuple[str, Any], ...] = ()  # config.loss overrides on top of num_lookahead=k
+  equal_time_of: str | None = None  # trains the steps that take k = 0's wall time (timing.json)
+  note: str = ""
 
 
-def make_config(s: Settings, k: int, variant: Variant) -> Any:
-  """configs/toy2d.py with the study's sizes, a constant learning rate and one loss variant."""
+EQ6 = (("step_size", 1.0), ("term_scaling", "none"), ("term_weights", None))
+TUNED_METHODS = ("k=0", "k=1", "k=2", "k=3")
+
+
+def study_arms(quick: bool = False) -> list[ArmSpec]:
+  """Every arm of the study; the quick version keeps one of each kind."""
+  ks = (1,) if quick else (1, 2, 3)
+  arms = [ArmSpec("k=0", 0, "main", "k=0", loss=EQ6, note="drifting (k = 0)")]
+  arms += [ArmSpec(f"k={k}", k, "main", f"k={k}", loss=EQ6,
+                   note="lookahead, eq. 6 as written (η = 1, raw sum, w_i = 1)") for k in ks]
+  arms += [ArmSpec("k=1 unit_rms", 1, "extra", "k=1",
+                   loss=(("step_size", 1.0), ("term_scaling", "unit_rms"), ("term_weights", None)),
+                   note="extension: each term scaled to unit RMS (k=1's tuned lr)")]
+  if not quick:
+    arms += [ArmSpec("k=1 η=0.5", 1, "extra", "k=1",
+                     loss=(("step_size", 0.5), ("term_scaling", "none"), ("term_weights", None)),
+                     note="extension: chain step η = 0.5 (k=1's tuned lr)")]
+    arms += [ArmSpec("k=1 at lr of k=0", 1, "extra", "k=0", loss=EQ6,
+                     note="eq. 6 at k = 0's tuned lr (is the tuned-lr gap the difference?)")]
+  for c in sorted({2, max(ks) + 1}):  # x + (k+1)V for k = 1 and the largest k
+    arms.append(ArmSpec(f"k=0 x+{c}V", 0, "control", "k=0",
+                        loss=(("term_weights", (float(c),)),),
+                        note=f"k = 0 regressed onto x + {c}V (term_weights=({c},))"))
+  arms.append(ArmSpec("k=0 lr×2", 0, "control", "k=0", lr_mult=2.0, loss=EQ6,
+                      note="k = 0 at twice its tuned learning rate"))
+  arms += [ArmSpec(f"k={k} summed", k, "control", f"k={k}", loss=EQ6 + (("chain", "summed"),),
+                   note="one chain on the summed, normalised field (k's tuned lr)") for k in ks]
+  arms += [ArmSpec(f"k={k} equal time", k, "equal_time", f"k={k}", loss=EQ6,
+                   equal_time_of="k=0",
+                   note="eq. 6, trained for the steps k = 0's run takes in wall time") for k in ks]
+  return arms
+
+
+def has_chain_field() -> bool:
+  return "chain" in {f.name for f in dataclasses.fields(drift.LossConfig)}
+
+
+def available(spec: ArmSpec) -> bool:
+  """False for arms that need a LossConfig field this checkout's drift.py lacks."""
+  return has_chain_field() or "chain" not in dict(spec.loss)
+
+
+def slug(name: str) -> str:
+  return (name.replace("=", "").replace(" ", "_").replace("×", "x").replace("+", "p")
+          .replace("η", "eta"))
+
+
+def make_config(s: Settings, spec: ArmSpec, lr_factor: float, num_steps: int) -> Any:
+  """configs/toy2d.py with the arm's loss, lr = factor × the config's lr, `num_steps` steps."""
   config = toy2d.get_config()
-  config.num_steps = max(s.num_steps, s.sweep_steps)
-  config.data.batch_size = s.batch_size
-  config.model.hidden = s.hidden
-  # Constant after warmup: a curve cut at any step (or second) is then a finished run.
-  config.optimizer.schedule = "constant"
-  config.optimizer.learning_rate = s.learning_rate
-  config.optimizer.warmup_steps = s.warmup_steps
-  step_size, scaling, weights = variant
-  if weights not in ("uniform", "geometric"):
-    raise ValueError(f"term weights must be 'uniform' or 'geometric', got {weights!r}")
-  config.loss.num_lookahead = k
-  config.loss.step_size = step_size
-  config.loss.term_scaling = scaling
-  config.loss.term_weights = (tuple(0.5**i for i in range(k + 1)) if weights == "geometric"
-                              else None)
+  config.num_steps = num_steps  # the cosine schedule spans exactly this run
+  if s.batch_size is not None:
+    config.data.batch_size = s.batch_size
+  if s.hidden is not None:
+    config.model.hidden = s.hidden
+  if s.warmup_steps is not None:
+    config.optimizer.warmup_steps = s.warmup_steps
+  opt = config.optimizer
+  opt.end_value = opt.get("end_value", 0.0) * lr_factor  # keep the schedule's shape
+  opt.learning_rate = opt.learning_rate * lr_factor
+  config.loss.num_lookahead = spec.k
+  for key, value in spec.loss:
+    config.loss[key] = value
   return config
 
 
 @dataclasses.dataclass
 class Arm:
-  """One loss setting trained on all runs at once: its vmapped state and compiled steps."""
-  label: str
-  k: int
-  variant: Variant
+  """One config trained on R runs at once: its vmapped init and jit-ed chunk of steps."""
   init: Callable  # seeds [R] -> TrainState with a leading run axis
-  chunk: Callable  # (states, real [R, T, B, 2]) -> states, jit-ed
+  chunk: Callable  # (states, real [R, T, B, 2]) -> states
 
 
-@functools.lru_cache(maxsize=None)  # the sweep and the study share compiled steps if they can
-def make_arm(s: Settings, k: int, variant: Variant) -> Arm:
-  label = f"k={k}" + ("" if k == 0 else f" ({variant_name(variant)})")
-  return arm_from_config(make_config(s, k, variant), label, k, variant)
-
-
-def arm_from_config(config: Any, label: str, k: int = 0, variant: Variant = DEFAULT_VARIANT
-                    ) -> Arm:
-  """An Arm training `config`'s generator, loss and optimizer (any toy2d.py config)."""
+def arm_from_config(config: Any) -> Arm:
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
@@ -146,21 +201,23 @@ def arm_from_config(config: Any, label: str, k: int = 0, variant: Variant = DEFA
     states, _ = jax.lax.scan(body, states, jnp.swapaxes(real, 0, 1))
     return states
 
-  return Arm(label, k, variant, jax.jit(jax.vmap(init_one)), jax.jit(chunk, donate_argnums=0))
+  return Arm(jax.jit(jax.vmap(init_one)), jax.jit(chunk, donate_argnums=0))
 
 
 @functools.lru_cache(maxsize=None)
-def make_eval_fn(s: Settings) -> Callable:
-  """(ema params [R], keys [R], targets [R, E, 2]) -> (samples, energy dist, sliced W2), per run."""
-  generator, noise_shape = models.create_generator(make_config(s, 0, DEFAULT_VARIANT).model)
-  directions = toy_metrics.random_directions(jax.random.PRNGKey(EVAL_KEY), s.num_projections, 2)
+def make_arm(s: Settings, spec: ArmSpec, lr_factor: float, num_steps: int) -> Arm:
+  return arm_from_config(make_config(s, spec, lr_factor, num_steps))
 
-  def one(params, key, target):
-    x = generator.apply(params, jax.random.normal(key, (target.shape[0], *noise_shape)))
-    return (x, toy_metrics.energy_distance(x, target),
-            toy_metrics.sliced_wasserstein(x, target, directions))
 
-  return jax.jit(jax.vmap(one))
+def batch_size(s: Settings) -> int:
+  return s.batch_size or toy2d.get_config().data.batch_size
+
+
+def real_batches(s: Settings, runs: list[tuple[str, int]], c: int) -> np.ndarray:
+  """[R, chunk, B, 2] training data of chunk c; (seed, c, TRAIN) seeds it, equal for all arms."""
+  b = batch_size(s)
+  return np.stack([input_pipeline.sample_toy(name, s.chunk * b, [seed, c, TRAIN]).reshape(
+      s.chunk, b, 2) for name, seed in runs])
 
 
 def targets(runs: list[tuple[str, int]], n: int, index: int, stream: int) -> np.ndarray:
@@ -169,208 +226,515 @@ def targets(runs: list[tuple[str, int]], n: int, index: int, stream: int) -> np.
                    for name, seed in runs])
 
 
-def train_arms(s: Settings, specs: list[tuple[int, Variant]], runs: list[tuple[str, int]],
-               num_steps: int, eval_stream: int, log: Callable) -> dict[str, Any]:
-  """Trains every (k, variant) arm on every run; evaluates every `eval_every` steps."""
-  arms = [make_arm(s, k, v) for k, v in specs]
-  eval_fn = make_eval_fn(s)
-  seeds = jnp.asarray([seed for _, seed in runs])
-  states = [arm.init(seeds) for arm in arms]
-  chunk_len, num_chunks = s.eval_every, num_steps // s.eval_every
-  eval_keys = lambda e: jax.vmap(lambda seed: jax.random.fold_in(
-      jax.random.PRNGKey(seed + EVAL_KEY), e))(seeds)
-  real = lambda c: np.stack([
-      input_pipeline.sample_toy(name, chunk_len * s.batch_size, [seed, c, TRAIN]).reshape(
-          chunk_len, s.batch_size, 2) for name, seed in runs])
-  # Compile first (on copies: the states are donated) so that the timed chunks measure training.
-  t0 = time.perf_counter()
-  for arm, st in zip(arms, states):
-    jax.block_until_ready(arm.chunk(jax.tree.map(jnp.copy, st), real(0)))
-  log(f"  compiled {len(arms)} arms in {time.perf_counter() - t0:.0f}s")
-  out = {a.label: {"k": a.k, "variant": list(a.variant), "step": [], "energy": [],
-                   "sliced_w2": [], "chunk_seconds": []} for a in arms}
-  samples = {}
-
-  def evaluate(e: int, step: int) -> None:
-    tgt = targets(runs, s.num_eval, e, eval_stream)
-    for arm, st in zip(arms, states):
-      x, ed, sw = jax.device_get(eval_fn(st.ema_params, eval_keys(e), tgt))
-      rec = out[arm.label]
-      rec["step"].append(step)
-      rec["energy"].append(ed.tolist())
-      rec["sliced_w2"].append(sw.tolist())
-      samples[arm.label] = x
-
-  evaluate(0, 0)
-  for c in range(num_chunks):
-    batch = real(c)
-    order = list(range(len(arms)))
-    order = order[c % len(order):] + order[:c % len(order)]  # no arm always runs first
-    for i in order:
-      t = time.perf_counter()
-      states[i] = jax.block_until_ready(arms[i].chunk(states[i], batch))
-      out[arms[i].label]["chunk_seconds"].append(time.perf_counter() - t)
-    evaluate(c + 1, (c + 1) * chunk_len)
-    if (c + 1) % max(num_chunks // 5, 1) == 0 or c + 1 == num_chunks:
-      log(f"  step {(c + 1) * chunk_len}: " + ", ".join(
-          f"{a.label.split(' ')[0]} ED {np.mean(out[a.label]['energy'][-1]):.4f}" for a in arms))
-  for arm in arms:
-    rec = out[arm.label]
-    # One step of all R vmapped runs; per run it is this / R.
-    rec["step_seconds"] = float(np.median(rec["chunk_seconds"]) / chunk_len)
-  return {"runs": [list(r) for r in runs], "arms": out, "samples": samples}
-
-
-def noise_floor(s: Settings, datasets: tuple[str, ...], stream: int) -> dict[str, Any]:
-  """The metrics between two independent target sample sets of the evaluation size."""
+@functools.lru_cache(maxsize=None)
+def make_eval_fn(s: Settings) -> Callable:
+  """(ema params [R], seeds [R], eval index, targets [R, E, 2]) -> samples, ED, SW2 per run."""
+  spec = ArmSpec("k=0", 0, "main", "k=0")
+  generator, noise_shape = models.create_generator(make_config(s, spec, 1.0, 1).model)
   directions = toy_metrics.random_directions(jax.random.PRNGKey(EVAL_KEY), s.num_projections, 2)
-  fn = jax.jit(jax.vmap(lambda a, b: (toy_metrics.energy_distance(a, b),
-                                      toy_metrics.sliced_wasserstein(a, b, directions))))
+
+  def one(params, seed, index, target):
+    key = jax.random.fold_in(jax.random.PRNGKey(seed + EVAL_KEY), index)
+    x = generator.apply(params, jax.random.normal(key, (target.shape[0], *noise_shape)))
+    return (x, toy_metrics.energy_distance(x, target),
+            toy_metrics.sliced_wasserstein(x, target, directions))
+
+  return jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)))
+
+
+def train_runs(s: Settings, arm: Arm, runs: list[tuple[str, int]], num_steps: int,
+               stream: int, log: Callable, eval_every: int, pr_every: int) -> dict[str, Any]:
+  """Trains one arm on every run; scores the EMA generator every eval_every steps."""
+  eval_fn = make_eval_fn(s)
+  seeds = np.asarray([seed for _, seed in runs])
+  t0 = time.perf_counter()
+  states = arm.init(jnp.asarray(seeds))
+  rec = {"step": [], "energy": [], "sliced_w2": [], "pr_step": [], "precision": [],
+         "recall": [], "chunk_seconds": []}
+  last_x = None
+
+  def evaluate(step: int) -> None:
+    nonlocal last_x
+    tgt = targets(runs, s.num_eval, step, stream)
+    x, ed, sw = jax.device_get(eval_fn(states.ema_params, jnp.asarray(seeds), step, tgt))
+    rec["step"].append(step)
+    rec["energy"].append(ed.tolist())
+    rec["sliced_w2"].append(sw.tolist())
+    last_x = x
+    if step > 0 and (step % pr_every == 0 or step == num_steps):
+      pr = [toy_metrics.precision_recall(x[i, :s.num_pr], tgt[i, :s.num_pr], k=s.pr_k)
+            for i in range(len(runs))]
+      rec["pr_step"].append(step)
+      rec["precision"].append([p for p, _ in pr])
+      rec["recall"].append([r for _, r in pr])
+
+  evaluate(0)
+  for c in range(num_steps // s.chunk):
+    batch = real_batches(s, runs, c)
+    t = time.perf_counter()
+    states = jax.block_until_ready(arm.chunk(states, batch))
+    rec["chunk_seconds"].append(time.perf_counter() - t)
+    step = (c + 1) * s.chunk
+    if step % eval_every == 0 or step == num_steps:
+      evaluate(step)
+  rec["wall_seconds"] = time.perf_counter() - t0
+  log(f"    {num_steps} steps, {rec['wall_seconds']:.0f}s (first chunk incl. compile "
+      f"{rec['chunk_seconds'][0]:.1f}s); final ED by run: "
+      + " ".join(f"{v:.3f}" for v in rec["energy"][-1]))
+  return rec, last_x
+
+
+def split_by_dataset(rec: dict[str, Any], runs: list[tuple[str, int]]) -> dict[str, Any]:
   out = {}
-  for name in datasets:
-    runs = [(name, 5000 + i) for i in range(s.num_floor_pairs)]
-    ed, sw = jax.device_get(fn(targets(runs, s.num_eval, 0, stream),
-                               targets(runs, s.num_eval, 1, stream)))
-    out[name] = {"energy": ed.tolist(), "sliced_w2": sw.tolist()}
+  for name in dict.fromkeys(n for n, _ in runs):
+    idx = [i for i, (n, _) in enumerate(runs) if n == name]
+    out[name] = {"seeds": [runs[i][1] for i in idx]}
+    for m in METRICS:
+      out[name][m] = [[row[i] for i in idx] for row in rec[m]]
   return out
 
 
-def sweep(s: Settings, log: Callable) -> tuple[dict[int, Variant], dict[str, Any]]:
-  """Picks, for each k >= 1, the variant with the lowest validation energy distance."""
-  specs = [(k, v) for k in s.ks if k > 0 for v in s.sweep_grid]
-  runs = [(s.sweep_dataset, SWEEP_SEED_OFFSET + i) for i in range(s.sweep_seeds)]
-  res = train_arms(s, specs, runs, s.sweep_steps, VALID, log)
-  chosen, scores = {0: DEFAULT_VARIANT}, {}
-  for label, rec in res["arms"].items():
-    # Mean over seeds of the last three evaluations: less noisy than the last one alone.
-    scores[label] = float(np.mean(rec["energy"][-3:]))
-    rec["score"] = scores[label]
-  for k in s.ks:
-    if k > 0:
-      best = min((l for l in scores if res["arms"][l]["k"] == k), key=scores.__getitem__)
-      chosen[k] = tuple(res["arms"][best]["variant"])
-      res["arms"][best]["chosen"] = True
-  del res["samples"]
-  return chosen, res
+# --------------------------------------------------------------------------------------- stages
 
 
-def equal_time(rec: dict[str, Any], budget: float) -> int:
-  """Index of the last evaluation reached within `budget` seconds of one run."""
-  steps = np.asarray(rec["step"])
-  return int(np.nonzero(steps * rec["run_step_seconds"] <= budget + 1e-12)[0][-1])
+def stage_tune(s: Settings, out: str, log: Callable) -> dict[str, Any]:
+  """Each tuned method's lr factor: the lowest mean validation ED over data sets and seeds."""
+  specs = {a.name: a for a in study_arms(s is QUICK) if a.name in TUNED_METHODS}
+  runs = [(name, TUNE_SEED_OFFSET + i) for name in s.datasets for i in range(s.tune_seeds)]
+  res = {"runs": runs, "steps": s.tune_steps, "factors": list(s.lr_factors),
+         "base_lr": toy2d.get_config().optimizer.learning_rate, "methods": {}}
+  for name, spec in specs.items():
+    res["methods"][name] = {"scores": {}, "by_dataset": {}}
+    for f in s.lr_factors:
+      log(f"  tune {name}, lr factor {f:g}")
+      rec, _ = train_runs(s, make_arm(s, spec, f, s.tune_steps), runs, s.tune_steps, VALID,
+                          log, eval_every=s.tune_steps, pr_every=10**9)
+      per = split_by_dataset(rec, runs)
+      by_ds = {ds: float(np.mean(v["energy"][-1])) for ds, v in per.items()}
+      res["methods"][name]["by_dataset"][str(f)] = by_ds
+      res["methods"][name]["scores"][str(f)] = float(np.mean(list(by_ds.values())))
+    scores = res["methods"][name]["scores"]
+    res["methods"][name]["chosen"] = float(min(scores, key=scores.__getitem__))
+    log(f"  {name}: chosen lr factor {res['methods'][name]['chosen']:g} (scores {scores})")
+  write_json(os.path.join(out, "tune.json"), res)
+  return res
 
 
-def summarise(study: dict[str, Any], datasets: tuple[str, ...], ks: tuple[int, ...]
-              ) -> dict[str, Any]:
-  """Mean ± std over seeds at the final step and at the wall-clock time of k = 0's last step."""
-  table = {}
-  for name in datasets:
-    arms = study[name]["arms"]
-    k0 = next(r for r in arms.values() if r["k"] == 0)
-    budget = k0["step"][-1] * k0["run_step_seconds"]
-    table[name] = {}
-    for label, rec in arms.items():
-      ed, sw = np.asarray(rec["energy"]), np.asarray(rec["sliced_w2"])
-      i = equal_time(rec, budget)
-      table[name][label] = {
-          "k": rec["k"], "run_step_ms": 1e3 * rec["run_step_seconds"],
-          "final_step": rec["step"][-1],
-          "final_energy": [ed[-1].mean(), ed[-1].std()],
-          "final_sliced_w2": [sw[-1].mean(), sw[-1].std()],
-          "equal_time_seconds": budget, "equal_time_step": rec["step"][i],
-          "equal_time_energy": [ed[i].mean(), ed[i].std()],
-          "equal_time_sliced_w2": [sw[i].mean(), sw[i].std()]}
-  return table
+def lr_factor(spec: ArmSpec, tune: dict[str, Any]) -> float:
+  return tune["methods"][spec.lr_of]["chosen"] * spec.lr_mult
 
 
-def _pm(v: list[float], digits: int = 4) -> str:
-  return f"{v[0]:.{digits}f} ± {v[1]:.{digits}f}"
+def stage_timing(s: Settings, out: str, tune: dict[str, Any], log: Callable) -> dict[str, Any]:
+  """Seconds per step of each arm (all runs vmapped), chunks timed in rotating order."""
+  runs = [(name, seed) for name in s.datasets for seed in range(s.num_seeds)]
+  specs = [a for a in study_arms(s is QUICK) if available(a) and a.group != "equal_time"]
+  ts = dataclasses.replace(s, chunk=s.timing_steps)
+  arms = [make_arm(ts, a, lr_factor(a, tune), s.num_steps) for a in specs]
+  batch = real_batches(ts, runs, 0)
+  states = []
+  for spec, arm in zip(specs, arms):  # compile, and one untimed chunk
+    st = arm.init(jnp.arange(len(runs)))
+    states.append(jax.block_until_ready(arm.chunk(st, batch)))
+  log(f"  compiled {len(arms)} arms")
+  times = {a.name: [] for a in specs}
+  for rep in range(s.timing_repeats):
+    order = list(range(len(arms)))
+    order = order[rep % len(order):] + order[:rep % len(order)]
+    for i in order:
+      t = time.perf_counter()
+      states[i] = jax.block_until_ready(arms[i].chunk(states[i], batch))
+      times[specs[i].name].append((time.perf_counter() - t) / s.timing_steps)
+  res = {"machine": machine_info(), "num_runs": len(runs), "steps_per_chunk": s.timing_steps,
+         "repeats": s.timing_repeats, "arms": {}}
+  for name, v in times.items():
+    res["arms"][name] = {"step_seconds": v, "median": float(np.median(v)),
+                         "min": float(np.min(v)), "max": float(np.max(v)),
+                         "run_step_seconds": float(np.median(v)) / len(runs)}
+    log(f"  {name}: {1e3 * np.median(v):.1f} ms/step for {len(runs)} runs "
+        f"(min {1e3 * np.min(v):.1f}, max {1e3 * np.max(v):.1f})")
+  write_json(os.path.join(out, "timing.json"), res)
+  return res
 
 
-def write_markdown(path: str, s: Settings, table: dict[str, Any], floor: dict[str, Any],
-                   sweep_res: dict[str, Any], info: dict[str, Any]) -> None:
-  lines = [f"Machine: {info['cpu']}, {info['cores']} cores; jax {info['jax']}; "
-           f"load average {info['load_start']} at start, {info['load_end']} at end; "
-           f"total {info['seconds']:.0f} s.", "",
-           f"Study: {len(s.datasets)} data sets × k ∈ {list(s.ks)} × {s.num_seeds} seeds, "
-           f"{s.num_steps} steps, batch {s.batch_size}, MLP {list(s.hidden)}, "
-           f"learning rate {s.learning_rate:g}; metrics on "
-           f"{s.num_eval} fresh test samples (EMA generator), mean ± std over seeds. "
-           "ED: energy distance; SW2: sliced Wasserstein-2. 'Equal time': the last evaluation "
-           "each k reaches within the wall-clock time k = 0 needs for all its steps "
-           "(ms/step: median per-step time of one run, measured below). The noise floor is the "
-           "metric between two independent target sample sets of the same size.", "",
-           "| data | method | ms/step | ED, final | SW2, final | step at equal time | "
-           "ED, equal time | SW2, equal time |", "|---|---|---|---|---|---|---|---|"]
+def equal_time_steps(s: Settings, spec: ArmSpec, timing: dict[str, Any]) -> int:
+  """Steps (a multiple of s.chunk, >= one chunk) of `spec` that take k = 0's wall time."""
+  base = timing["arms"][spec.equal_time_of]["median"] * s.num_steps
+  own = timing["arms"][spec.name.replace(" equal time", "")]["median"]
+  return max(s.chunk, int(round(base / own / s.chunk)) * s.chunk)
+
+
+def stage_study(s: Settings, out: str, tune: dict[str, Any], timing: dict[str, Any],
+                log: Callable, only: list[str] | None = None, skip_existing: bool = False
+                ) -> None:
+  runs = [(name, seed) for name in s.datasets for seed in range(s.num_seeds)]
+  os.makedirs(os.path.join(out, "arms"), exist_ok=True)
+  for spec in study_arms(s is QUICK):
+    path = os.path.join(out, "arms", slug(spec.name))
+    if only and spec.name not in only:
+      continue
+    if not available(spec):
+      log(f"  skip {spec.name}: drift.LossConfig has no field 'chain' in this checkout")
+      continue
+    if skip_existing and os.path.exists(path + ".json"):
+      log(f"  skip {spec.name}: {path}.json exists")
+      continue
+    if spec.equal_time_of is not None and timing is None:
+      raise FileNotFoundError(f"{spec.name} needs timing.json: run --stage=timing first")
+    steps = s.num_steps if spec.equal_time_of is None else equal_time_steps(s, spec, timing)
+    f = lr_factor(spec, tune)
+    log(f"  {spec.name}: {steps} steps, lr factor {f:g} ({spec.note})")
+    rec, x = train_runs(s, make_arm(s, spec, f, steps), runs, steps, TEST, log,
+                        eval_every=s.eval_every, pr_every=s.pr_every)
+    result = {"spec": dataclasses.asdict(spec), "lr_factor": f, "num_steps": steps,
+              "learning_rate": make_config(s, spec, f, steps).optimizer.learning_rate,
+              "step": rec["step"], "pr_step": rec["pr_step"],
+              "chunk_seconds": rec["chunk_seconds"], "wall_seconds": rec["wall_seconds"],
+              "machine": machine_info(), "datasets": split_by_dataset(rec, runs)}
+    write_json(path + ".json", result)
+    first = {name: x[[i for i, (n, sd) in enumerate(runs) if n == name and sd == 0][0]]
+             for name in s.datasets}
+    np.savez_compressed(path + ".npz", **first)
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+
+def bootstrap_means(d: np.ndarray, num_boot: int = 20000, seed: int = 0,
+                    max_exact: int = 200_000) -> np.ndarray:
+  """Means of bootstrap resamples of d (with replacement, size len(d)).
+
+  Exact: all n^n ordered resamples, each once, when n^n <= max_exact (n = 5 seeds: 3125);
+  otherwise num_boot Monte Carlo draws.
+  """
+  d = np.asarray(d, np.float64)
+  n = d.shape[0]
+  if n ** n <= max_exact:
+    idx = np.asarray(list(itertools.product(range(n), repeat=n)))
+  else:
+    idx = np.random.default_rng(seed).integers(0, n, size=(num_boot, n))
+  return d[idx].mean(axis=1)
+
+
+def bootstrap_ci(d, level: float = 0.95, **kw) -> tuple[float, float]:
+  """Percentile bootstrap interval of the mean of d: the smallest resample means whose
+  cumulative share reaches (1 - level) / 2 and (1 + level) / 2 (inverted CDF, no interpolation)."""
+  means = bootstrap_means(d, **kw)
+  lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+  return float(lo), float(hi)
+
+
+def paired(arm: np.ndarray, base: np.ndarray, lower_is_better: bool, **kw) -> dict[str, Any]:
+  """Per-seed differences arm - base (same seeds, same order): mean, 95 % CI, seeds better."""
+  d = np.asarray(arm, np.float64) - np.asarray(base, np.float64)
+  better = d < 0 if lower_is_better else d > 0
+  lo, hi = bootstrap_ci(d, **kw)
+  return {"mean": float(d.mean()), "ci": [lo, hi], "better": int(better.sum()), "n": len(d),
+          "diffs": d.tolist()}
+
+
+def equal_time_index(steps: list[int], run_step_seconds: float, budget: float) -> int | None:
+  """Index of the last evaluation whose step is reached within `budget` seconds (None: none)."""
+  reached = np.nonzero(np.asarray(steps) * run_step_seconds <= budget * (1 + 1e-9))[0]
+  return int(reached[-1]) if reached.size else None
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+
+def load_arms(s: Settings, out: str) -> dict[str, dict[str, Any]]:
+  arms = {}
+  for spec in study_arms(s is QUICK):
+    path = os.path.join(out, "arms", slug(spec.name))
+    if os.path.exists(path + ".json"):
+      with open(path + ".json") as fh:
+        arms[spec.name] = json.load(fh)
+      arms[spec.name]["samples"] = dict(np.load(path + ".npz"))
+  return arms
+
+
+def noise_floor(s: Settings) -> dict[str, Any]:
+  """The metrics between two independent target sample sets of the evaluation sizes."""
+  directions = toy_metrics.random_directions(jax.random.PRNGKey(EVAL_KEY), s.num_projections, 2)
+  out = {}
   for name in s.datasets:
-    for label, r in table[name].items():
-      lines.append(f"| {name} | {label} | {r['run_step_ms']:.2f} | {_pm(r['final_energy'])} | "
-                   f"{_pm(r['final_sliced_w2'])} | {r['equal_time_step']} | "
-                   f"{_pm(r['equal_time_energy'])} | {_pm(r['equal_time_sliced_w2'])} |")
-    f = floor[name]
-    lines.append(f"| {name} | noise floor (data vs data) | | "
-                 f"{_pm([np.mean(f['energy']), np.std(f['energy'])])} | "
-                 f"{_pm([np.mean(f['sliced_w2']), np.std(f['sliced_w2'])])} | | | |")
-  lines += ["", f"Sweep on {s.sweep_dataset} ({s.sweep_seeds} seeds, {s.sweep_steps} steps, "
-            "seeds and data apart from the study): validation ED, mean of the last three "
-            "evaluations and the seeds; * = chosen for the study.", "",
-            "| k | η | term scaling | term weights | validation ED |", "|---|---|---|---|---|"]
-  for rec in sweep_res["arms"].values():
-    eta, scaling, weights = rec["variant"]
-    lines.append(f"| {rec['k']} | {eta:g} | {scaling} | {weights} | {rec['score']:.4f}"
-                 f"{' *' if rec.get('chosen') else ''} |")
+    runs = [(name, 5000 + i) for i in range(s.num_floor_pairs)]
+    a, b = targets(runs, s.num_eval, 0, TEST), targets(runs, s.num_eval, 1, TEST)
+    ed = [float(toy_metrics.energy_distance(x, y)) for x, y in zip(a, b)]
+    sw = [float(toy_metrics.sliced_wasserstein(x, y, directions)) for x, y in zip(a, b)]
+    pr = [toy_metrics.precision_recall(x[:s.num_pr], y[:s.num_pr], k=s.pr_k) for x, y in zip(a, b)]
+    out[name] = {"energy": ed, "sliced_w2": sw, "precision": [p for p, _ in pr],
+                 "recall": [r for _, r in pr]}
+  return out
+
+
+def metric_rows(rec: dict[str, Any], ds: str, metric: str) -> tuple[list[int], np.ndarray]:
+  steps = rec["pr_step"] if metric in ("precision", "recall") else rec["step"]
+  return steps, np.asarray(rec["datasets"][ds][metric], np.float64)  # [evals, seeds]
+
+
+def analyse(s: Settings, out: str, arms: dict[str, Any], timing: dict[str, Any],
+            tune: dict[str, Any]) -> dict[str, Any]:
+  kw = {"num_boot": s.num_boot}
+  base = arms["k=0"]
+  t_run = {n: a["run_step_seconds"] for n, a in timing["arms"].items()}
+  budget = base["num_steps"] * t_run["k=0"]  # seconds of one run of k = 0, all its steps
+  res = {"per_step": {}, "final": {}, "equal_time": {}, "vs_controls": {}, "summary": {}}
+  for ds in s.datasets:
+    res["per_step"][ds], res["final"][ds], res["equal_time"][ds] = {}, {}, {}
+    for name, rec in arms.items():
+      fin, per = {}, {}
+      for m in METRICS:
+        steps, v = metric_rows(rec, ds, m)
+        bsteps, bv = metric_rows(base, ds, m)
+        fin[m] = {"mean": float(v[-1].mean()), "std": float(v[-1].std(ddof=1)) if v.shape[1] > 1
+                  else 0.0, "step": steps[-1]}
+        if name != "k=0" and rec["spec"]["equal_time_of"] is None:
+          fin[m]["vs_k0"] = paired(v[-1], bv[-1], LOWER_IS_BETTER[m], **kw)
+          common = [st for st in steps if st in bsteps]
+          per[m] = {"step": common, "vs_k0": [
+              paired(v[steps.index(st)], bv[bsteps.index(st)], LOWER_IS_BETTER[m], **kw)
+              for st in common]}
+        elif rec["spec"]["equal_time_of"] is not None:
+          # Its final step took k = 0's full run time: compare with k = 0's final.
+          fin[m]["vs_k0"] = paired(v[-1], bv[-1], LOWER_IS_BETTER[m], **kw)
+      res["final"][ds][name] = fin
+      if per:
+        res["per_step"][ds][name] = per
+      # Equal time read off the full-length curve (the cosine schedule not yet finished).
+      # (Only k >= 1: a k = 0 control costs what k = 0 costs; its timing differs by noise.)
+      if rec["spec"]["k"] > 0 and rec["spec"]["equal_time_of"] is None and name in t_run:
+        et = {"seconds": budget}
+        for m in METRICS:
+          steps, v = metric_rows(rec, ds, m)
+          bsteps, bv = metric_rows(base, ds, m)
+          i = equal_time_index(steps, t_run[name], budget)
+          if i is None:
+            et[m] = {"step": None}
+            continue
+          et[m] = {"step": steps[i], "mean": float(v[i].mean()),
+                   "vs_k0": paired(v[i], bv[-1], LOWER_IS_BETTER[m], **kw)}
+        res["equal_time"][ds][name] = et
+    # Lookahead against the controls that could explain it.
+    res["vs_controls"][ds] = {}
+    for name, rec in arms.items():
+      k = rec["spec"]["k"]
+      if rec["spec"]["group"] != "main" or k == 0:
+        continue
+      for ctrl in (f"k=0 x+{k + 1}V", "k=0 lr×2", f"k={k} summed"):
+        if ctrl in arms:
+          res["vs_controls"][ds][f"{name} vs {ctrl}"] = {
+              m: paired(metric_rows(rec, ds, m)[1][-1], metric_rows(arms[ctrl], ds, m)[1][-1],
+                        LOWER_IS_BETTER[m], **kw) for m in METRICS}
+  return res
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def _ci(p: dict[str, Any], digits: int = 4) -> str:
+  return (f"{p['mean']:+.{digits}f} [{p['ci'][0]:+.{digits}f}, {p['ci'][1]:+.{digits}f}] "
+          f"{p['better']}/{p['n']}")
+
+
+def write_markdown(path: str, s: Settings, arms: dict[str, Any], res: dict[str, Any],
+                   timing: dict[str, Any], tune: dict[str, Any], floor: dict[str, Any]) -> None:
+  base_lr = tune["base_lr"]
+  L = [f"Settings: {s.num_seeds} seeds (0-{s.num_seeds - 1}) × {len(s.datasets)} data sets, "
+       f"{s.num_steps} steps (configs/toy2d.py otherwise), cosine schedule over each arm's own "
+       f"steps; ED and SW2 on {s.num_eval} generated vs {s.num_eval} fresh test samples every "
+       f"{s.eval_every} steps; precision / recall (k = {s.pr_k}) on {s.num_pr} vs {s.num_pr} every "
+       f"{s.pr_every} steps. Differences are arm − k=0 per seed: mean [exact bootstrap 95 % CI "
+       "over seeds] and the number of seeds on which the arm is better (lower ED / SW2, higher "
+       "P / R).", "",
+       "## Learning rate (tuned on validation samples, seeds and data apart from the study)", "",
+       f"{tune['steps']} steps (cosine over them), seeds {sorted({r[1] for r in tune['runs']})}; "
+       "score = validation ED at the last step, mean over seeds and data sets. lr = factor × "
+       f"{base_lr:g} (end value 1e-3 × factor).", "",
+       "| method | " + " | ".join(f"×{f:g}" for f in tune["factors"]) + " | chosen |",
+       "|---|" + "---|" * (len(tune["factors"]) + 1)]
+  for name, m in tune["methods"].items():
+    L.append(f"| {name} | " + " | ".join(f"{m['scores'][str(f)]:.4f}" for f in tune["factors"])
+             + f" | ×{m['chosen']:g} |")
+  L += ["", "## Arms", "", "| arm | group | lr | steps | ms/step (all runs) [min, max] | × k=0 | "
+        "what |", "|---|---|---|---|---|---|---|"]
+  t0 = timing["arms"]["k=0"]["median"]
+  for name, a in arms.items():
+    t = timing["arms"].get(name)
+    tt = (f"{1e3 * t['median']:.1f} [{1e3 * t['min']:.1f}, {1e3 * t['max']:.1f}] | "
+          f"{t['median'] / t0:.2f}" if t else " | ")
+    L.append(f"| {name} | {a['spec']['group']} | {a['learning_rate']:.3g} | {a['num_steps']} | "
+             f"{tt} | {a['spec']['note']} |")
+  L += ["", f"Timing ({timing['num_runs']} runs vmapped, {timing['repeats']} interleaved repeats "
+        f"of {timing['steps_per_chunk']} steps): {timing['machine']['cpu']}, load "
+        f"{timing['machine']['load']} (load average at the timing stage).", ""]
+  for ds in s.datasets:
+    L += [f"## {ds}", "", "Final step (equal steps; 'equal time' arms: their final step, "
+          "which takes k = 0's wall time). Noise floor (data vs data): ED "
+          f"{np.mean(floor[ds]['energy']):.4f}, SW2 {np.mean(floor[ds]['sliced_w2']):.4f}, "
+          f"P {np.mean(floor[ds]['precision']):.3f}, R {np.mean(floor[ds]['recall']):.3f}.", "",
+          "| arm | ED | ΔED vs k=0 | ΔSW2 vs k=0 | P | ΔP vs k=0 | R | ΔR vs k=0 |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, f in res["final"][ds].items():
+      d = lambda m: _ci(f[m]["vs_k0"], 3 if m in ("precision", "recall") else 4) \
+          if "vs_k0" in f[m] else ""
+      L.append(f"| {name} | {f['energy']['mean']:.4f} ± {f['energy']['std']:.4f} | "
+               f"{d('energy')} | {d('sliced_w2')} | {f['precision']['mean']:.3f} | "
+               f"{d('precision')} | {f['recall']['mean']:.3f} | {d('recall')} |")
+    L += ["", "Equal time read off the full-length curves (last evaluation within k = 0's run "
+          "time; these runs are mid-schedule there, their lr not yet decayed):", "",
+          "| arm | ED step | ΔED vs k=0 final | ΔSW2 | P/R step | ΔP | ΔR |",
+          "|---|---|---|---|---|---|---|"]
+    for name, e in res["equal_time"][ds].items():
+      c = lambda m, dg=4: _ci(e[m]["vs_k0"], dg) if "vs_k0" in e[m] else "not reached"
+      L.append(f"| {name} | {e['energy']['step']} | {c('energy')} | {c('sliced_w2')} | "
+               f"{e['precision']['step']} | {c('precision', 3)} | {c('recall', 3)} |")
+    if res["vs_controls"][ds]:
+      L += ["", "Lookahead against its controls (final step, lookahead − control):", "",
+            "| comparison | ΔED | ΔSW2 | ΔP | ΔR |", "|---|---|---|---|---|"]
+      for name, c in res["vs_controls"][ds].items():
+        L.append(f"| {name} | {_ci(c['energy'])} | {_ci(c['sliced_w2'])} | "
+                 f"{_ci(c['precision'], 3)} | {_ci(c['recall'], 3)} |")
+    L.append("")
   with open(path, "w") as fh:
-    fh.write("\n".join(lines) + "\n")
+    fh.write("\n".join(L) + "\n")
 
 
-def plot_samples(path: str, s: Settings, study: dict[str, Any]) -> None:
-  labels = list(next(iter(study.values()))["arms"])
-  fig, axes = plt.subplots(len(s.datasets), len(labels) + 1,
-                           figsize=(2.6 * (len(labels) + 1), 2.6 * len(s.datasets)),
+def _band(ax, x, v, color, label, ls="-"):
+  """Mean over seeds and its bootstrap 95 % interval."""
+  ci = np.array([bootstrap_ci(row, num_boot=2000) for row in v])
+  ax.plot(x, v.mean(1), color=color, label=label, lw=1.4, ls=ls)
+  ax.fill_between(x, ci[:, 0], ci[:, 1], color=color, alpha=0.18, lw=0)
+
+
+def _delta_band(ax, per: dict[str, Any], color, label, ls="-"):
+  x = per["step"]
+  ax.plot(x, [p["mean"] for p in per["vs_k0"]], color=color, label=label, lw=1.4, ls=ls)
+  ax.fill_between(x, [p["ci"][0] for p in per["vs_k0"]], [p["ci"][1] for p in per["vs_k0"]],
+                  color=color, alpha=0.18, lw=0)
+
+
+def plot_curves(path: str, s: Settings, arms: dict[str, Any], res: dict[str, Any],
+                timing: dict[str, Any], floor: dict[str, Any]) -> None:
+  main = [n for n, a in arms.items() if a["spec"]["group"] == "main"]
+  cols = ["ED vs step", "ΔED vs k=0 (paired)", "ED vs seconds (timing.json)", "precision",
+          "recall"]
+  fig, axes = plt.subplots(len(s.datasets), len(cols), figsize=(4.2 * len(cols),
+                                                                3.3 * len(s.datasets)),
                            squeeze=False)
-  for row, name in enumerate(s.datasets):
-    panels = [("data (test)", study[name]["test_sample"])] + [
-        (label.split(" ")[0], study[name]["samples"][label][0]) for label in labels]
-    for col, (title, pts) in enumerate(panels):
-      ax = axes[row, col]
-      ax.scatter(pts[:, 0], pts[:, 1], s=1.5, alpha=0.5, lw=0,
-                 color="black" if col == 0 else f"C{col - 1}")
-      ax.set(xlim=(-5, 5), ylim=(-5, 5), xticks=[], yticks=[], aspect="equal")
-      if row == 0:
-        ax.set_title(title)
-      if col == 0:
-        ax.set_ylabel(name)
-  fig.suptitle(f"Samples after {s.num_steps} steps (seed 0, EMA generator)")
+  for r, ds in enumerate(s.datasets):
+    for n, name in enumerate(main):
+      rec, color = arms[name], f"C{n}"
+      steps, v = metric_rows(rec, ds, "energy")
+      _band(axes[r, 0], steps[1:], v[1:], color, name)
+      if name in res["per_step"][ds]:
+        _delta_band(axes[r, 1], res["per_step"][ds][name]["energy"], color, name)
+      if name in timing["arms"]:
+        secs = np.asarray(steps[1:]) * timing["arms"][name]["run_step_seconds"]
+        _band(axes[r, 2], secs, v[1:], color, name)
+      for c, m in ((3, "precision"), (4, "recall")):
+        psteps, pv = metric_rows(rec, ds, m)
+        _band(axes[r, c], psteps, pv, color, name)
+    for name, rec in arms.items():  # budget-matched runs: one point each at k = 0's time
+      if rec["spec"]["group"] == "equal_time":
+        n = main.index(name.replace(" equal time", ""))
+        steps, v = metric_rows(rec, ds, "energy")
+        secs = steps[-1] * timing["arms"][name.replace(" equal time", "")]["run_step_seconds"]
+        ci = bootstrap_ci(v[-1], num_boot=2000)
+        axes[r, 2].errorbar([secs], [v[-1].mean()], yerr=[[v[-1].mean() - ci[0]],
+                                                         [ci[1] - v[-1].mean()]],
+                            fmt="*", color=f"C{n}", ms=9, capsize=3,
+                            label=f"{name} (own schedule)")
+    for c, m in ((0, "energy"), (2, "energy"), (3, "precision"), (4, "recall")):
+      axes[r, c].axhline(np.mean(floor[ds][m]), color="gray", ls="--", lw=1, label="data vs data")
+    axes[r, 1].axhline(0.0, color="black", lw=0.8)
+    for c in (0, 2):
+      axes[r, c].set_yscale("log")
+    for c, title in enumerate(cols):
+      axes[r, c].set_title(f"{ds}: {title}", fontsize=9)
+      axes[r, c].set_xlabel("seconds of one run (under load)" if c == 2 else "training step")
+      axes[r, c].grid(alpha=0.3, which="both")
+  axes[0, 0].legend(fontsize=7)
+  axes[0, 2].legend(fontsize=6)
+  fig.suptitle("Main arms (eq. 6): mean over seeds, band = bootstrap 95 % CI over seeds; "
+               "ΔED band = paired 95 % CI; stars: equal-time runs (own cosine schedule)",
+               fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
 
 
-def plot_curves(path: str, s: Settings, study: dict[str, Any], floor: dict[str, Any]) -> None:
-  fig, axes = plt.subplots(len(s.datasets), 4, figsize=(16, 3.3 * len(s.datasets)),
+def plot_controls(path: str, s: Settings, arms: dict[str, Any], res: dict[str, Any]) -> None:
+  summed = lambda a: dict(map(tuple, a["spec"]["loss"])).get("chain") == "summed"
+  panels = [("k = 0 controls: x + cV, lr × 2", lambda a: a["spec"]["k"] == 0),
+            ("lookahead variants", lambda a: a["spec"]["k"] > 0 and not summed(a)),
+            ("summed chain (symlog axis)", lambda a: summed(a) or a["spec"]["group"] == "main"
+             and a["spec"]["k"] > 0)]
+  fig, axes = plt.subplots(len(s.datasets), len(panels), figsize=(5.5 * len(panels),
+                                                                   3.3 * len(s.datasets)),
                            squeeze=False)
-  for row, name in enumerate(s.datasets):
-    for j, (metric, title) in enumerate((("energy", "energy distance"),
-                                         ("sliced_w2", "sliced W2"))):
-      for col, axis in ((2 * j, "step"), (2 * j + 1, "seconds")):
-        ax = axes[row, col]
-        for n, (label, rec) in enumerate(study[name]["arms"].items()):
-          steps = np.asarray(rec["step"])
-          x = steps if axis == "step" else steps * rec["run_step_seconds"]
-          v = np.asarray(rec[metric])
-          ax.plot(x[1:], v[1:].mean(1), color=f"C{n}", label=label.split(" ")[0], lw=1.5)
-          ax.fill_between(x[1:], v[1:].min(1), v[1:].max(1), color=f"C{n}", alpha=0.2, lw=0)
-        ax.axhline(np.mean(floor[name][metric]), color="gray", ls="--", lw=1,
-                   label="noise floor")
-        ax.set_yscale("log")
-        ax.set_xlabel("training step" if axis == "step" else "seconds (one run, this CPU)")
-        ax.set_title(f"{name}: {title}", fontsize=10)
-        ax.grid(alpha=0.3, which="both")
-    axes[row, 0].legend(fontsize=8)
-  fig.suptitle("Mean over seeds (line) and min-max (band), fresh test samples")
+  for r, ds in enumerate(s.datasets):
+    for c, (title, pick) in enumerate(panels):
+      ax = axes[r, c]
+      names = [n for n, a in arms.items() if n in res["per_step"][ds] and pick(a)]
+      for i, name in enumerate(names):
+        main = arms[name]["spec"]["group"] == "main"
+        _delta_band(ax, res["per_step"][ds][name]["energy"], f"C{i}", name,
+                    ls="--" if main else "-")
+      ax.axhline(0.0, color="black", lw=0.8)
+      if title.startswith("summed"):
+        ax.set_yscale("symlog", linthresh=0.1)
+      ax.set_title(f"{ds}: ΔED vs k=0, {title}", fontsize=9)
+      ax.set_xlabel("training step")
+      ax.grid(alpha=0.3)
+      ax.legend(fontsize=6)
+  fig.suptitle("Paired ΔED (arm − k=0) with bootstrap 95 % CI over seeds", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=90)
   plt.close(fig)
+
+
+def plot_samples(path: str, s: Settings, arms: dict[str, Any], names: list[str]) -> None:
+  fig, axes = plt.subplots(len(s.datasets), len(names) + 1,
+                           figsize=(2.3 * (len(names) + 1), 2.4 * len(s.datasets)), squeeze=False)
+  for r, ds in enumerate(s.datasets):
+    real = targets([(ds, 0)], s.num_eval, 10**6, TEST)[0]
+    panels = [("data (test)", real)] + [(n, arms[n]["samples"][ds]) for n in names]
+    for c, (title, pts) in enumerate(panels):
+      ax = axes[r, c]
+      ax.scatter(pts[:, 0], pts[:, 1], s=1.0, alpha=0.5, lw=0,
+                 color="black" if c == 0 else f"C{(c - 1) % 10}")
+      ax.set(xlim=(-4.5, 4.5), ylim=(-4.5, 4.5), xticks=[], yticks=[], aspect="equal")
+      if r == 0:
+        ax.set_title(title, fontsize=8)
+      if c == 0:
+        ax.set_ylabel(ds)
+  fig.suptitle(f"Final samples (seed 0, EMA generator, {s.num_eval} points)", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def stage_analyse(s: Settings, out: str, tune: dict[str, Any], timing: dict[str, Any],
+                  log: Callable) -> dict[str, Any]:
+  arms = load_arms(s, out)
+  res = analyse(s, out, arms, timing, tune)
+  floor = noise_floor(s)
+  write_markdown(os.path.join(out, "results.md"), s, arms, res, timing, tune, floor)
+  plot_curves(os.path.join(out, "curves.png"), s, arms, res, timing, floor)
+  plot_controls(os.path.join(out, "controls.png"), s, arms, res)
+  main = [n for n, a in arms.items() if a["spec"]["group"] in ("main", "equal_time")]
+  rest = ["k=0"] + [n for n in arms if n not in main]
+  plot_samples(os.path.join(out, "samples.png"), s, arms, main)
+  plot_samples(os.path.join(out, "samples_controls.png"), s, arms, rest)
+  results = {"settings": dataclasses.asdict(s), "arms_present": list(arms), "analysis": res,
+             "noise_floor": floor}
+  write_json(os.path.join(out, "results.json"), results)
+  log(f"  wrote results.md, results.json, curves.png, controls.png, samples*.png "
+      f"({len(arms)} arms)")
+  return results
+
+
+# ---------------------------------------------------------------------------------------- misc
 
 
 def machine_info() -> dict[str, Any]:
@@ -380,8 +744,14 @@ def machine_info() -> dict[str, Any]:
                if l.startswith("Model name"))
   except (OSError, subprocess.CalledProcessError, StopIteration):
     cpu = platform.processor() or "unknown"
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "device": str(jax.devices()[0]), "python": platform.python_version()}
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+  except OSError:
+    commit = "unknown"
+  return {"cpu": cpu, "cores": os.cpu_count(), "git": commit, "chain_field": has_chain_field(), "affinity": sorted(os.sched_getaffinity(0)),
+          "jax": jax.__version__, "device": str(jax.devices()[0]),
+          "load": [round(v, 2) for v in os.getloadavg()]}
 
 
 def _jsonable(tree: Any) -> Any:
@@ -396,58 +766,57 @@ def _jsonable(tree: Any) -> Any:
   return tree
 
 
+def write_json(path: str, obj: Any) -> None:
+  with open(path, "w") as fh:
+    json.dump(_jsonable(obj), fh, indent=1)
+
+
+def read_json(path: str) -> Any:
+  with open(path) as fh:
+    return json.load(fh)
+
+
+STAGES = ("tune", "timing", "study", "analyse")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--out", required=True, help="folder for the figures, table and JSON")
+  parser.add_argument("--out", required=True, help="folder for every stage's files")
   parser.add_argument("--quick", action="store_true", help="a tiny version (a few steps)")
-  parser.add_argument("--learning_rate", type=float, default=None,
-                      help=f"the one learning rate of every method (default {Settings.learning_rate})")
+  parser.add_argument("--stage", default="all", choices=("all",) + STAGES)
+  parser.add_argument("--arms", default="", help="study stage: comma-separated arm names only")
+  parser.add_argument("--skip_existing", action="store_true",
+                      help="study stage: keep arms whose arms/<arm>.json exists")
   args = parser.parse_args(argv)
   s = QUICK if args.quick else Settings()
-  if args.learning_rate is not None:
-    s = dataclasses.replace(s, learning_rate=args.learning_rate)
-  if s.num_steps % s.eval_every or s.sweep_steps % s.eval_every:
-    raise ValueError("num_steps and sweep_steps must be multiples of eval_every")
+  if any(v % s.chunk for v in (s.num_steps, s.eval_every, s.pr_every, s.tune_steps)):
+    raise ValueError("num_steps, eval_every, pr_every and tune_steps must be multiples of chunk")
   os.makedirs(args.out, exist_ok=True)
   start = time.perf_counter()
-  info = {**machine_info(), "load_start": [round(v, 1) for v in os.getloadavg()]}
   log = lambda msg: print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
-
-  log(f"sweep on {s.sweep_dataset}: {len(s.sweep_grid)} variants × k in "
-      f"{[k for k in s.ks if k > 0]}")
-  chosen, sweep_res = sweep(s, log)
-  for k, v in chosen.items():
-    log(f"  chosen for k={k}: {variant_name(v)}")
-
-  log(f"study: {len(s.datasets)} data sets × {s.num_seeds} seeds vmapped, k in {list(s.ks)}")
-  runs = [(name, seed) for name in s.datasets for seed in range(s.num_seeds)]
-  res = train_arms(s, [(k, chosen[k]) for k in s.ks], runs, s.num_steps, TEST, log)
-  study = {}
-  for name in s.datasets:
-    idx = [i for i, (n, _) in enumerate(runs) if n == name]
-    arms = {}
-    for label, rec in res["arms"].items():
-      arms[label] = {**rec, "run_step_seconds": rec["step_seconds"] / len(runs),
-                     "energy": [[e[i] for i in idx] for e in rec["energy"]],
-                     "sliced_w2": [[e[i] for i in idx] for e in rec["sliced_w2"]]}
-    study[name] = {"runs": [runs[i] for i in idx], "arms": arms,
-                   "samples": {l: x[idx] for l, x in res["samples"].items()},
-                   "test_sample": targets([(name, 0)], s.num_eval, 10**6, TEST)[0]}
-  floor = noise_floor(s, s.datasets, TEST)
-  table = summarise(study, s.datasets, s.ks)
-  info["load_end"] = [round(v, 1) for v in os.getloadavg()]
-  info["seconds"] = time.perf_counter() - start
-
-  plot_samples(os.path.join(args.out, "samples.png"), s, study)
-  plot_curves(os.path.join(args.out, "curves.png"), s, study, floor)
-  write_markdown(os.path.join(args.out, "results.md"), s, table, floor, sweep_res, info)
-  results = {"settings": dataclasses.asdict(s), "machine": info,
-             "chosen": {k: list(v) for k, v in chosen.items()}, "sweep": sweep_res,
-             "study": {n: {"runs": r["runs"], "arms": r["arms"]} for n, r in study.items()},
-             "noise_floor": floor, "table": table}
-  with open(os.path.join(args.out, "results.json"), "w") as fh:
-    json.dump(_jsonable(results), fh, indent=1)
-  log(f"done; wrote {args.out}/samples.png, curves.png, results.md, results.json")
+  stages = STAGES if args.stage == "all" else (args.stage,)
+  log(f"stages {stages}; machine {machine_info()}")
+  results = {}
+  for stage in stages:
+    t = time.perf_counter()
+    log(f"stage {stage}")
+    if stage == "tune":
+      results["tune"] = stage_tune(s, args.out, log)
+      continue
+    tune = read_json(os.path.join(args.out, "tune.json"))
+    if stage == "timing":
+      results["timing"] = stage_timing(s, args.out, tune, log)
+    else:
+      timing_path = os.path.join(args.out, "timing.json")
+      # The study's equal-time arms need timing.json; its other arms do not.
+      timing = read_json(timing_path) if os.path.exists(timing_path) else None
+      if stage == "study":
+        stage_study(s, args.out, tune, timing, log,
+                    only=[a for a in args.arms.split(",") if a] or None,
+                    skip_existing=args.skip_existing)
+      else:
+        results["analysis"] = stage_analyse(s, args.out, tune, timing, log)
+    log(f"stage {stage} took {time.perf_counter() - t:.0f}s")
   return results
 
 
