@@ -373,14 +373,14 @@ def _fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, spec: 
 def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_lookahead: int,
            step_size: Array | float, spec: _FieldSpec, neg_w: Array | None = None,
            pos_w: Array | None = None, d2: Array | None = None,
-           chain: str = "per_temperature", unit: Array | float = 1.0) -> Array:
+           chain: str = "per_temperature") -> Array:
   """[K+1, T, N, D]: V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i (§3), negatives = x^i.
 
   chain "per_temperature": each temperature pushes its own samples by its own field.
-  chain "summed": one chain for all temperatures, pushed by η Σ_τ V_τ / rms(V_τ) (the summed,
-    normalised field the k = 0 loss regresses onto); every term still holds each temperature's
-    field, at the common pushed samples. `unit`: the feature scale of x (a unit-RMS field is
-    `unit` long per dimension in x's coordinates).
+  chain "summed": one chain for all temperatures, pushed along the normalised sum the k = 0
+    loss regresses onto, at the per-temperature step length: η · mean_τ rms(V_τ) ·
+    mean_τ V_τ / rms(V_τ). Every term still holds each temperature's field, at the common
+    pushed samples.
   Term 0 of every temperature comes from one distance matrix.
   """
   kw = dict(spec=spec, self_neg=True, neg_w=neg_w, pos_w=pos_w)
@@ -390,7 +390,8 @@ def _chain(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, *, num_loo
   if chain == "summed":
     def summed_step(carry, _):
       xi, v = carry
-      xi = xi + step_size * unit * jnp.sum(v / _rms(v, (1, 2)), 0)
+      rms = _rms(v, (1, 2))                                           # [T, 1, 1]
+      xi = xi + step_size * jnp.mean(rms) * jnp.mean(v / rms, 0)
       v = _fields(xi, y_pos, y_neg, temps, **kw)
       return (xi, v), v
 
@@ -680,7 +681,7 @@ def _group_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None,
       temps = temps * (math.sqrt(d) * scale if cfg.kernel == "laplace" else d * scale**2)
     return _chain(xg, pg, ng, temps, num_lookahead=cfg.num_lookahead,
                   step_size=cfg.step_size, spec=spec, neg_w=wg, d2=d2,
-                  chain=cfg.chain, unit=scale) / scale                             # [K+1, T, N, D]
+                  chain=cfg.chain) / scale                             # [K+1, T, N, D]
 
   def scale_of(dist_sums):
     if not cfg.feature_normalization:

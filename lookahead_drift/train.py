@@ -15,10 +15,6 @@ from ml_collections import config_flags
 from lookahead_drift import cli
 from lookahead_drift import sharding
 from lookahead_drift import train_loop
-# experiments/toy2d/run.py (another study, not changed here) reads these through this module;
-# their home is lookahead_drift.experiment.
-from lookahead_drift.experiment import (  # pylint: disable=unused-import
-    TrainState, create_loss_config, create_optimizer, train_step)
 
 
 def main(argv: list[str]) -> None:

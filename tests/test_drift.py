@@ -85,13 +85,14 @@ def ref_chain(x, pos, *, k, tau, eta=1.0, extra=None, neg_w=None, **kw):
 
 
 def ref_summed_chain(x, pos, *, k, taus, eta, extra=None, neg_w=None, **kw):
-  """One chain for all temperatures, pushed by Σ_τ V_τ / rms(V_τ): [K+1, T, N, D]."""
+  """One chain for all temperatures, pushed by η mean_τ rms(V_τ) · mean_τ V_τ / rms(V_τ)."""
   xi, terms = np.asarray(x, np.float64), []
   for _ in range(k + 1):
     v = np.stack([ref_field(xi, pos, extra, tau=t, self_neg=True, neg_w=neg_w, **kw)
                   for t in taus])
     terms.append(v)
-    xi = xi + eta * sum(vt / np.sqrt((vt**2).mean()) for vt in v)
+    rms = [np.sqrt((vt**2).mean()) for vt in v]
+    xi = xi + eta * np.mean(rms) * np.mean([vt / r for vt, r in zip(v, rms)], axis=0)
   return np.stack(terms)
 
 

@@ -50,7 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import toy2d  # noqa: E402
-from lookahead_drift import drift, encoder, input_pipeline, models, toy_metrics, train  # noqa: E402
+from lookahead_drift import drift, encoder, experiment, input_pipeline, models, toy_metrics  # noqa: E402
 
 TRAIN, VALID, TEST = 0, 1, 2  # independent streams of target samples
 TUNE_SEED_OFFSET = 1000  # tuning runs use other initialisations and data than the study
@@ -181,19 +181,19 @@ def arm_from_config(config: Any) -> Arm:
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
-  optimizer, schedule = train.create_optimizer(config)
+  optimizer, schedule = experiment.create_optimizer(config)
   step = functools.partial(
-      train.train_step, encoder_params=encoder_params, generator=generator,
+      experiment.train_step, encoder_params=encoder_params, generator=generator,
       noise_shape=noise_shape, feature_fn=feature_fn, optimizer=optimizer, schedule=schedule,
-      loss_config=train.create_loss_config(config), ema_decay=config.ema_decay)
+      loss_config=experiment.create_loss_config(config), ema_decay=config.ema_decay)
 
-  def init_one(seed: jax.Array) -> train.TrainState:
+  def init_one(seed: jax.Array) -> experiment.TrainState:
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
     params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32))
-    return train.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+    return experiment.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                             opt_state=optimizer.init(params), rng=state_rng)
 
-  def chunk(states: train.TrainState, real: jax.Array) -> train.TrainState:
+  def chunk(states: experiment.TrainState, real: jax.Array) -> experiment.TrainState:
     def body(st, batch):  # batch [R, B, 2]: one step of every run
       st, _ = jax.vmap(lambda one, b: step(one, {"image": b}))(st, batch)
       return st, None
