@@ -302,6 +302,43 @@ def _reference_images(name: str, data_dir: str | None, split: str) -> np.ndarray
   return images
 
 
+def dataset_features(name: str, split: str, extractor: Any, *, data_dir: str | None = None,
+                     cache_dir: str | os.PathLike | None = None,
+                     max_images: int | None = None) -> np.ndarray:
+  """Inception features [N, 2048] of a data set split, computed once and then read from
+  `cache_dir` (a 10k-image reference costs ~25 min on a 2-core CPU; None: no cache).
+
+  The file name holds the data set, split, image count, network digest and resize, so a
+  different network or preprocessing never reads stale features.
+  """
+  images = _reference_images(name, data_dir, split)
+  if max_images is not None:
+    images = images[:max_images]
+  path = None
+  if cache_dir is not None:
+    key = f"{name}_{split}_{len(images)}_{extractor.weights_sha256[:16]}_{extractor.resize}"
+    path = pathlib.Path(cache_dir).expanduser() / f"{key}.npz"
+    if path.is_file():
+      with np.load(path) as data:
+        feats = data["features"]
+      if feats.shape[0] == len(images):
+        print(f"{name} {split}: {len(images)} features from {path}", file=sys.stderr)
+        return feats
+  print(f"{name} {split}: {images.shape} images", file=sys.stderr)
+  feats = extractor(images, progress=True)
+  if path is not None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, features=feats)
+    os.replace(tmp, path)  # a killed run leaves no half-written cache
+  return feats
+
+
+def default_feature_cache() -> pathlib.Path:
+  """Where reference features are cached: next to the default Inception weights."""
+  return inception.default_weights_path().parent / "features"
+
+
 def write_reference_stats(name: str, out: str, extractor: inception.FeatureExtractor, *,
                           data_dir: str | None = None, split: str = "train",
                           max_images: int | None = None) -> Stats:

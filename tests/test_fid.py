@@ -179,3 +179,37 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     fid_kid.run([], ref="fashion_mnist")
 
 
+
+
+class _CountingExtractor:
+  """Stands in for inception.FeatureExtractor: mean pixel as a 1-d feature, counts images."""
+
+  def __init__(self, weights_sha256="ab" * 32, resize="tf1"):
+    self.weights_sha256, self.resize, self.seen = weights_sha256, resize, 0
+
+  def __call__(self, images, progress=False):
+    self.seen += len(images)
+    return images.reshape(len(images), -1).mean(1, keepdims=True).astype(np.float32)
+
+
+def test_dataset_features_are_computed_once_and_keyed_by_network_and_count(tmp_path,
+                                                                          monkeypatch):
+  images = np.random.default_rng(0).integers(0, 256, (12, 4, 4, 1), dtype=np.uint8)
+  monkeypatch.setattr(fid_kid, "_reference_images", lambda name, data_dir, split: images)
+  extractor = _CountingExtractor()
+  first = fid_kid.dataset_features("fake", "test", extractor, cache_dir=tmp_path)
+  again = fid_kid.dataset_features("fake", "test", extractor, cache_dir=tmp_path)
+  assert extractor.seen == 12  # the second call read the cache
+  np.testing.assert_array_equal(first, again)
+  np.testing.assert_allclose(first[:, 0], images.reshape(12, -1).mean(1), rtol=1e-6)
+  # Another network, another resize or another image count never reads those features.
+  for other, max_images in ((_CountingExtractor(weights_sha256="cd" * 32), None),
+                            (_CountingExtractor(resize="half_pixel"), None),
+                            (_CountingExtractor(), 5)):
+    feats = fid_kid.dataset_features("fake", "test", other, cache_dir=tmp_path,
+                                     max_images=max_images)
+    assert other.seen == len(feats) == (max_images or 12)
+  assert not list(tmp_path.glob("*.tmp.npz"))  # written atomically
+  uncached = _CountingExtractor()
+  fid_kid.dataset_features("fake", "test", uncached, cache_dir=None)
+  assert uncached.seen == 12

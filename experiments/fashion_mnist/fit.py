@@ -6,8 +6,8 @@
 The run's own config (RUN/config.json) is used unless --config replaces it.
 
 From the latest checkpoint's EMA parameters: `num_samples` one-step samples (uint8 `.npz`);
-FID against the 10,000 test images and against the 60,000 training images, KID against the
-test images (the FID Inception of `lookahead_drift.inception`); the class shares of the
+FID against the 10,000 test images and against the 60,000 training images (`--references`;
+their Inception features are computed once and cached), KID against the test images (the FID Inception of `lookahead_drift.inception`); the class shares of the
 samples under the trained classifier; each sample's pixel distance to its nearest training
 image beside the same for the test images (copying would show as a mass near 0); a grid of
 100 samples, one predicted class per row; all numbers in `results.json`.
@@ -75,9 +75,18 @@ def main(argv):
     test, test_labels = test[:FLAGS.max_reference], test_labels[:FLAGS.max_reference]
     train_images = train_images[:FLAGS.max_reference]
 
-  extractor = inception.FeatureExtractor(FLAGS.inception_weights, batch_size=500)
-  feats = {name: extractor(x, progress=True) for name, x in
-           (("samples", images), ("test", test), ("train", train_images))}
+  extractor = inception.FeatureExtractor(FLAGS.inception_weights, batch_size=FLAGS.batch_size)
+  cache = None if FLAGS.feature_cache == "none" else (
+      FLAGS.feature_cache or fid_kid.default_feature_cache())
+  if not set(FLAGS.references) <= {"test", "train"}:
+    raise ValueError(f"--references takes test and/or train, got {FLAGS.references}")
+  tic = time.perf_counter()
+  feats = {"samples": extractor(images, progress=True)}
+  images_per_second = len(images) / (time.perf_counter() - tic)
+  for split in FLAGS.references:
+    feats[split] = fid_kid.dataset_features(
+        "fashion_mnist", split, extractor, data_dir=config.data.data_dir, cache_dir=cache,
+        max_images=FLAGS.max_reference or None)
   stats = {k: fid_kid.stats_from_features(v) for k, v in feats.items()}
   classify = encoder_training.load_classifier(FLAGS.classifier)
   predicted = classify(images)
@@ -86,15 +95,18 @@ def main(argv):
   d_test = nearest_distances(test, train_images)
   results = {
       "step": int(state.step), "num_samples": int(len(images)),
-      "fid_vs_test": fid_kid.fid_from_stats(stats["samples"], stats["test"]),
-      "fid_vs_train": fid_kid.fid_from_stats(stats["samples"], stats["train"]),
-      "fid_test_vs_train": fid_kid.fid_from_stats(stats["test"], stats["train"]),
-      "kid_vs_test": fid_kid.kid(feats["samples"], feats["test"]),
+      **{f"fid_vs_{split}": fid_kid.fid_from_stats(stats["samples"], stats[split])
+         for split in FLAGS.references},
+      **({"fid_test_vs_train": fid_kid.fid_from_stats(stats["test"], stats["train"])}
+         if {"test", "train"} <= set(FLAGS.references) else {}),
+      **({"kid_vs_test": fid_kid.kid(feats["samples"], feats["test"])}
+         if "test" in FLAGS.references else {}),
       "classifier_test_accuracy": float(np.mean(classify(test) == test_labels)),
       "class_shares": {name: float(s) for name, s in zip(CLASSES, shares)},
       "nearest_train_distance": {
           name: {q: float(np.quantile(d, q)) for q in (0.01, 0.1, 0.5, 0.9)}
           for name, d in (("samples", d_samples), ("test", d_test))},
+      "inception_images_per_second": images_per_second,
       "device": str(jax.devices()[0].device_kind), "seconds": time.perf_counter() - start,
   }
   with open(os.path.join(out, "results.json"), "w") as f:
@@ -115,6 +127,11 @@ if __name__ == "__main__":
   flags.DEFINE_string("inception_weights", None, "FID Inception weights (.npz).")
   flags.DEFINE_integer("num_samples", 10_000, "Samples to generate and score.")
   flags.DEFINE_integer("seed", 0, "Noise seed of the samples.")
+  flags.DEFINE_list("references", ["test", "train"], "Splits to compute FID against (their "
+                    "Inception features are cached, see --feature_cache).")
+  flags.DEFINE_string("feature_cache", None, "Directory caching the splits' Inception features "
+                      "(default: fid_kid.default_feature_cache(); 'none': no cache).")
+  flags.DEFINE_integer("batch_size", 200, "Inception batch size.")
   flags.DEFINE_integer("max_reference", 0, "Use only this many test and train images (0: all; "
                        "for a quick check only).")
   flags.mark_flags_as_required(["workdir", "classifier", "out"])
