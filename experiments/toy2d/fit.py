@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   chunk_len = math.gcd(steps, 100)
 
   start = time.perf_counter()
-  arm = run.arm_from_config(config, args.label, config.loss.num_lookahead)
+  arm = run.arm_from_config(config)
   states = arm.init(jnp.full((len(datasets),), seed))
   jax.block_until_ready(arm.chunk(jax.tree.map(jnp.copy, states),
                                   real_batches(datasets, seed, 0, chunk_len, batch)))
