@@ -56,11 +56,15 @@ class ConditionEmbedding(nn.Module):
     return nn.Dense(self.dim, dtype=self.dtype, param_dtype=jnp.float32)(nn.silu(cond))
 
 
+ACTIVATIONS = {"silu": nn.silu, "relu": nn.relu, "gelu": nn.gelu}
+
+
 class MLPGenerator(nn.Module):
   """Noise [B, noise_dim] -> samples [B, out_dim]; the condition is added to each hidden layer."""
 
   hidden: Sequence[int] = (256, 256, 256)
   out_dim: int = 2
+  activation: str = "silu"  # a name in ACTIVATIONS
   num_classes: int = 0
   alpha_conditioning: bool = False
   dtype: Any = jnp.float32
@@ -76,7 +80,7 @@ class MLPGenerator(nn.Module):
       h = dense(width)(h)
       if cond is not None:
         h = h + dense(width, name=f"cond_{i}")(cond)
-      h = nn.silu(h)
+      h = ACTIVATIONS[self.activation](h)
     return dense(self.out_dim)(h).astype(jnp.float32)
 
 
@@ -199,7 +203,7 @@ def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int
 def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
   """Builds the generator named by model_config.name; returns (module, noise shape sans batch).
 
-  mlp fields: noise_dim (2), hidden, out_dim (2). unet fields: image_shape (H, W, C, required),
+  mlp fields: noise_dim (2), hidden, out_dim (2), activation ("silu"). unet fields: image_shape (H, W, C, required),
   noise_channels (C), base_channels, channel_mults, num_res_blocks, attention,
   output_activation. Both: num_classes (0), alpha_conditioning (False), dtype ("float32").
   """
@@ -211,7 +215,11 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
                 alpha_conditioning=bool(_field(model_config, "alpha_conditioning", False)),
                 dtype=_DTYPES[dtype_name])
   if name == "mlp":
-    module = MLPGenerator(hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
+    activation = _field(model_config, "activation", "silu")
+    if activation not in ACTIVATIONS:
+      raise ValueError(f"model_config.activation={activation!r}; expected one of "
+                       f"{list(ACTIVATIONS)}.")
+    module = MLPGenerator(activation=activation,hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
                           out_dim=int(_field(model_config, "out_dim", 2)), **common)
     return module, (int(_field(model_config, "noise_dim", 2)),)
   if name == "unet":

@@ -32,6 +32,23 @@ def test_mlp_forward():
   np.testing.assert_allclose(module.apply(params, noise[:2]), out[:2], rtol=1e-5, atol=1e-6)
 
 
+def test_mlp_activation_is_the_configured_one():
+  config = lambda act: ml_collections.ConfigDict(dict(name="mlp", noise_dim=3, hidden=(16,),
+                                                      activation=act))
+  relu, _ = models.create_generator(config("relu"))
+  params, noise, out = _init_apply(relu, (3,))
+  # One hidden layer by hand: out = relu(noise W0 + b0) W1 + b1.
+  p = params["params"]
+  h = np.maximum(np.asarray(noise) @ np.asarray(p["Dense_0"]["kernel"]) + np.asarray(
+      p["Dense_0"]["bias"]), 0.0)
+  want = h @ np.asarray(p["Dense_1"]["kernel"]) + np.asarray(p["Dense_1"]["bias"])
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-6)
+  silu, _ = models.create_generator(config("silu"))
+  assert not np.allclose(silu.apply(params, noise), out)
+  with pytest.raises(ValueError, match="activation='tanh'"):
+    models.create_generator(config("tanh"))
+
+
 def test_mlp_class_and_alpha_conditioning():
   module = models.MLPGenerator(hidden=(16,), num_classes=3, alpha_conditioning=True)
   noise = jnp.ones((3, 2))
