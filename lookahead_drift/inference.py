@@ -110,6 +110,11 @@ def _generator(model_config: ml_collections.ConfigDict) -> tuple[Any, tuple[int,
   return _GENERATORS[key]
 
 
+def cycling_labels(num: int, num_classes: int) -> np.ndarray:
+  """The default labels of `num` conditional samples: 0, 1, ..., num_classes - 1, 0, 1, ..."""
+  return (np.arange(num) % num_classes).astype(np.int32)
+
+
 def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
              rng: jax.Array, *, labels: Any = None, alpha: float = 1.0,
              batch_size: int | None = None) -> np.ndarray:
@@ -122,7 +127,7 @@ def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
   apply, noise_shape = _generator(config.model)
   num_classes = config.model.get("num_classes", 0) or 0
   if num_classes:
-    labels = np.arange(num) % num_classes if labels is None else np.asarray(labels)
+    labels = cycling_labels(num, num_classes) if labels is None else np.asarray(labels)
     if labels.shape != (num,):
       raise ValueError(f"labels: expected [{num}] (one per sample), got {labels.shape}")
   use_alpha = config.model.get("alpha_conditioning", False)
@@ -138,8 +143,6 @@ def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
       kw["alpha"] = jnp.full((n,), alpha, jnp.float32)
     out.append(np.asarray(apply(params, noise, **kw), np.float32))
   return np.concatenate(out, 0) if out else np.zeros((0,), np.float32)
-
-
 
 
 def conditions(config: ml_collections.ConfigDict, num: int, labels: Any = None,
@@ -158,7 +161,7 @@ def conditions(config: ml_collections.ConfigDict, num: int, labels: Any = None,
     return None, 1.0
   try:
     if labels is None:
-      chosen = np.arange(num) % g.num_classes
+      chosen = cycling_labels(num, g.num_classes)
     else:
       wanted = guidance.check_labels([int(v) for v in labels], g.num_classes)
       if not wanted.size:
