@@ -18,6 +18,7 @@ from lookahead_drift import checkpoint
 from lookahead_drift import cli
 from lookahead_drift import encoder
 from lookahead_drift import metrics_io
+from lookahead_drift import models
 from lookahead_drift import experiment
 from lookahead_drift import sharding
 from lookahead_drift import train_loop
@@ -252,3 +253,16 @@ def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
     checkpoint.restore(manager, exp.state, step)
   manager.close()
   assert steps and f"checkpoints/{steps[-1]}" in last
+
+
+@pytest.mark.parametrize("name", sorted(
+    p.stem for p in (REPO / "configs").glob("*.py")
+    if p.stem not in ("__init__", "common") and not p.stem.startswith("encoder_")))
+def test_every_training_config_builds_its_generator_loss_and_optimizer(name):
+  """Each configs/*.py a user can pass to `train` yields a valid generator, loss and optimizer
+  (a bad field fails here, not an hour into a launch)."""
+  config = load_config(name)
+  models.create_generator(config.model)
+  experiment.create_loss_config(config)
+  experiment.create_optimizer(config)
+  assert config.num_steps > 0 and config.data.batch_size > 0
