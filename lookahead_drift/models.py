@@ -203,9 +203,9 @@ def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int
 def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
   """Builds the generator named by model_config.name; returns (module, noise shape sans batch).
 
-  mlp fields: noise_dim (2), hidden, out_dim (2), activation ("silu"). unet fields: image_shape (H, W, C, required),
-  noise_channels (C), base_channels, channel_mults, num_res_blocks, attention,
-  output_activation. Both: num_classes (0), alpha_conditioning (False), dtype ("float32").
+  mlp fields: noise_dim (2), hidden, out_dim (2), activation ("silu"). unet fields:
+  image_shape (H, W, C, required), noise_channels (C), base_channels, channel_mults,
+  num_res_blocks, attention, output_activation. Both: num_classes (0), alpha_conditioning (False), dtype ("float32").
   """
   name = _field(model_config, "name", None)
   dtype_name = _field(model_config, "dtype", "float32")
@@ -219,8 +219,9 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
     if activation not in ACTIVATIONS:
       raise ValueError(f"model_config.activation={activation!r}; expected one of "
                        f"{list(ACTIVATIONS)}.")
-    module = MLPGenerator(activation=activation,hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
-                          out_dim=int(_field(model_config, "out_dim", 2)), **common)
+    module = MLPGenerator(hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
+                          out_dim=int(_field(model_config, "out_dim", 2)),
+                          activation=activation, **common)
     return module, (int(_field(model_config, "noise_dim", 2)),)
   if name == "unet":
     image_shape = _field(model_config, "image_shape", None)
