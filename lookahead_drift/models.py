@@ -205,7 +205,8 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
 
   mlp fields: noise_dim (2), hidden, out_dim (2), activation ("silu"). unet fields:
   image_shape (H, W, C, required), noise_channels (C), base_channels, channel_mults,
-  num_res_blocks, attention, output_activation. Both: num_classes (0), alpha_conditioning (False), dtype ("float32").
+  num_res_blocks, attention, output_activation. Both: num_classes (0), alpha_conditioning
+  (False), dtype ("float32").
   """
   name = _field(model_config, "name", None)
   dtype_name = _field(model_config, "dtype", "float32")
