@@ -83,6 +83,8 @@ def main(argv):
   tic = time.perf_counter()
   feats = {"samples": extractor(images, progress=True)}
   images_per_second = len(images) / (time.perf_counter() - tic)
+  if FLAGS.features_out:  # e.g. to score the first n samples against another run's n
+    np.savez(FLAGS.features_out, features=feats["samples"])
   for split in FLAGS.references:
     feats[split] = fid_kid.dataset_features(
         "fashion_mnist", split, extractor, data_dir=config.data.data_dir, cache_dir=cache,
@@ -132,6 +134,8 @@ if __name__ == "__main__":
   flags.DEFINE_string("feature_cache", None, "Directory caching the splits' Inception features "
                       "(default: fid_kid.default_feature_cache(); 'none': no cache).")
   flags.DEFINE_integer("batch_size", 200, "Inception batch size.")
+  flags.DEFINE_string("features_out", None, "Also save the samples' Inception features here "
+                      "(.npz, 8 KB per sample).")
   flags.DEFINE_integer("max_reference", 0, "Use only this many test and train images (0: all; "
                        "for a quick check only).")
   flags.mark_flags_as_required(["workdir", "classifier", "out"])
