@@ -19,6 +19,7 @@ import hashlib
 import os
 import pathlib
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -362,15 +363,17 @@ class FeatureExtractor:
                     progress: bool = False) -> Iterator[np.ndarray]:
     """Streams features of uint8 [n_i, H, W, C] batches of any sizes, in order.
 
-    With `progress`, prints images/s (and an ETA when `total` is given) to stderr every ~10 s.
+    With `progress`, prints images/s (and an ETA when `total` is given) to stderr every ~10 s,
+    and at the end the images/s over the whole call.
     """
     meter = progress_lib.Progress(total, unit="images")
+    start = time.perf_counter()
     done = 0
     pending: list[np.ndarray] = []
     num_pending = 0
 
-    def report(force: bool = False) -> None:
-      if progress and (force or meter.seconds_since_update() > 10):
+    def report() -> None:
+      if progress and meter.seconds_since_update() > 10:
         meter.update(done)
         print(f"inception: {meter.describe()}", file=sys.stderr, flush=True)
 
@@ -391,7 +394,10 @@ class FeatureExtractor:
     if num_pending:
       yield self._run(np.concatenate(pending))
       done += num_pending
-    report(force=True)
+    if progress:
+      seconds = time.perf_counter() - start
+      print(f"inception: {done} images in {seconds:.1f} s, "
+            f"{done / max(seconds, 1e-9):.2f} images/s", file=sys.stderr, flush=True)
 
   def __call__(self, images: np.ndarray, progress: bool = False) -> np.ndarray:
     """Features of a uint8 [N, H, W, 1|3] array, as float32 [N, 2048]."""

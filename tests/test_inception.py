@@ -215,3 +215,10 @@ def test_sharded_over_two_devices_matches_one(weights, extractor):
                   str(out)], env=env, check=True, capture_output=True, text=True)
   want = extractor(images)
   np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_progress_ends_with_the_whole_calls_throughput(extractor, capsys):
+  extractor(_images(8, (6, 32, 32, 3)), progress=True)  # batches 4 + 2 (padded)
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert lines[-1].startswith("inception: 6 images in ") and lines[-1].endswith(" images/s")
+  assert float(lines[-1].split(", ")[1].split()[0]) > 0
