@@ -306,7 +306,7 @@ def dataset_features(name: str, split: str, extractor: Any, *, data_dir: str | N
                      cache_dir: str | os.PathLike | None = None,
                      max_images: int | None = None) -> np.ndarray:
   """Inception features [N, 2048] of a data set split, computed once and then read from
-  `cache_dir` (a 10k-image reference costs ~25 min on a 2-core CPU; None: no cache).
+  `cache_dir` (a 10k-image reference costs ~30 min on a 2-core CPU; None: no cache).
 
   The file name holds the data set, split, image count, network digest and resize, so a
   different network or preprocessing never reads stale features.
