@@ -296,10 +296,12 @@ def input_warnings(paths: list[str], loaded: list[tuple[str, Any]], counts: list
   return warnings
 
 
-def _reference_images(name: str, data_dir: str | None, split: str) -> np.ndarray:
-  """uint8 images of a data set split, read by the training input pipeline."""
+def _reference_images(name: str, data_dir: str | None, split: str,
+                      max_images: int | None = None) -> np.ndarray:
+  """uint8 images of a data set split (optionally its first `max_images`), read by the
+  training input pipeline."""
   images, _ = input_pipeline.load_images({"name": name, "split": split, "data_dir": data_dir})
-  return images
+  return images if max_images is None else images[:max_images]
 
 
 def dataset_features(name: str, split: str, extractor: Any, *, data_dir: str | None = None,
@@ -311,9 +313,7 @@ def dataset_features(name: str, split: str, extractor: Any, *, data_dir: str | N
   The file name holds the data set, split, image count, network digest and resize, so a
   different network or preprocessing never reads stale features.
   """
-  images = _reference_images(name, data_dir, split)
-  if max_images is not None:
-    images = images[:max_images]
+  images = _reference_images(name, data_dir, split, max_images)
   path = None
   if cache_dir is not None:
     key = f"{name}_{split}_{len(images)}_{extractor.weights_sha256[:16]}_{extractor.resize}"
@@ -343,9 +343,7 @@ def write_reference_stats(name: str, out: str, extractor: inception.FeatureExtra
                           data_dir: str | None = None, split: str = "train",
                           max_images: int | None = None) -> Stats:
   """Statistics of a data set split (optionally its first `max_images`) saved to `out`."""
-  images = _reference_images(name, data_dir, split)
-  if max_images is not None:
-    images = images[:max_images]
+  images = _reference_images(name, data_dir, split, max_images)
   print(f"{name} {split}: {images.shape} images", file=sys.stderr)
   stats = compute_stats(images, extractor, progress=True)
   save_stats(out, stats)

@@ -179,8 +179,6 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     fid_kid.run([], ref="fashion_mnist")
 
 
-
-
 class _CountingExtractor:
   """Stands in for inception.FeatureExtractor: mean pixel as a 1-d feature, counts images."""
 
@@ -195,7 +193,8 @@ class _CountingExtractor:
 def test_dataset_features_are_computed_once_and_keyed_by_network_and_count(tmp_path,
                                                                           monkeypatch):
   images = np.random.default_rng(0).integers(0, 256, (12, 4, 4, 1), dtype=np.uint8)
-  monkeypatch.setattr(fid_kid, "_reference_images", lambda name, data_dir, split: images)
+  monkeypatch.setattr(fid_kid, "_reference_images",
+                      lambda name, data_dir, split, max_images=None: images[:max_images])
   extractor = _CountingExtractor()
   first = fid_kid.dataset_features("fake", "test", extractor, cache_dir=tmp_path)
   again = fid_kid.dataset_features("fake", "test", extractor, cache_dir=tmp_path)

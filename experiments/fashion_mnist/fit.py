@@ -7,10 +7,11 @@ The run's own config (RUN/config.json) is used unless --config replaces it.
 
 From the latest checkpoint's EMA parameters: `num_samples` one-step samples (uint8 `.npz`);
 FID against the 10,000 test images and against the 60,000 training images (`--references`;
-their Inception features are computed once and cached), KID against the test images (the FID Inception of `lookahead_drift.inception`); the class shares of the
-samples under the trained classifier; each sample's pixel distance to its nearest training
-image beside the same for the test images (copying would show as a mass near 0); a grid of
-100 samples, one predicted class per row; all numbers in `results.json`.
+their Inception features are computed once and cached), KID against the test images (the FID
+Inception of `lookahead_drift.inception`); the class shares of the samples under the trained
+classifier; each sample's pixel distance to its nearest training image beside the same for the
+test images (copying would show as a mass near 0); a grid of 100 samples, one predicted class
+per row; all numbers in `results.json`.
 """
 
 import json
@@ -60,6 +61,8 @@ def save_histogram(path: str, samples: np.ndarray, test: np.ndarray) -> None:
 
 def main(argv):
   del argv
+  if not set(FLAGS.references) <= {"test", "train"}:  # before any sampling
+    raise ValueError(f"--references takes test and/or train, got {FLAGS.references}")
   out = FLAGS.out
   os.makedirs(out, exist_ok=True)
   start = time.perf_counter()
@@ -78,8 +81,6 @@ def main(argv):
   extractor = inception.FeatureExtractor(FLAGS.inception_weights, batch_size=FLAGS.batch_size)
   cache = None if FLAGS.feature_cache == "none" else (
       FLAGS.feature_cache or fid_kid.default_feature_cache())
-  if not set(FLAGS.references) <= {"test", "train"}:
-    raise ValueError(f"--references takes test and/or train, got {FLAGS.references}")
   tic = time.perf_counter()
   feats = {"samples": extractor(images, progress=True)}
   images_per_second = len(images) / (time.perf_counter() - tic)
