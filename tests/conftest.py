@@ -1,11 +1,13 @@
 """Fixtures shared by several test modules."""
 
+import gzip
 import importlib.util
 import os
 import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from lookahead_drift import inception
@@ -38,3 +40,33 @@ def weights(converter, tmp_path_factory):
   subprocess.run([sys.executable, str(REPO / "tools" / "convert_inception.py")], env=env,
                  check=True, capture_output=True, text=True)
   return path
+
+
+def write_idx(path, array) -> None:
+  """A gzipped IDX file (the Fashion-MNIST format) holding uint8 `array`."""
+  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
+
+
+def stripes(n, rng):
+  """Label 0: horizontal stripes, label 1: vertical stripes, with noise; 28x28 uint8."""
+  labels = rng.integers(0, 2, n)
+  phase = rng.integers(0, 2, n)[:, None, None]
+  rows, cols = np.mgrid[:28, :28]
+  lines = np.where(labels[:, None, None] == 0, (rows + phase) % 2, (cols + phase) % 2)
+  images = 60 + 120 * lines + rng.integers(0, 60, (n, 28, 28))
+  return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+@pytest.fixture
+def stripes_dir(tmp_path):
+  """A Fashion-MNIST-format folder of two easy classes (64 train, 40 test images)."""
+  data_dir = tmp_path / "stripes"
+  data_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for prefix, n in (("train", 64), ("t10k", 40)):
+    images, labels = stripes(n, rng)
+    write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", labels)
+  return data_dir
