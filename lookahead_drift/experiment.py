@@ -77,11 +77,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                loss_config: drift.LossConfig, ema_decay: float,
                noise_sharding: jax.sharding.Sharding | None = None,
-               cond: guidance.Guidance | None = None,
+               cond: guidance.Guidance | None = None, num_generated: int = 0,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on the GLOBAL batch: generate, embed, drift loss, AdamW, EMA.
 
-  Unconditional: batch {"image": [B, ...]}, B generated samples against B positives.
+  Unconditional: batch {"image": [M, ...]}, `num_generated` generated samples (0: M) against
+  the M positives (a positive costs one encoder pass; a generated sample costs generator and
+  encoder passes both ways).
   Class-conditional (`cond`): batch {"label": [C], "image": [C, M, ...], "neg_image":
   [C, L, ...]}; α drawn per label, `cond.gen_per_label` samples generated per label with its
   label and α, and one drift problem per (label, feature group) with the unconditional
@@ -97,7 +99,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   embed = lambda x: as_f32(feature_fn(encoder_params, x))
   extra_metrics, gen_inputs, loss_inputs = {}, {}, {}
   if cond is None:
-    num_gen, rows = real.shape[0], lambda feats: feats
+    num_gen, rows = num_generated or real.shape[0], lambda feats: feats
     pos_feats = jax.lax.stop_gradient(embed(real))
   else:
     labels = batch["label"]
@@ -157,6 +159,12 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
   cond = guidance.from_config(config)
   sharding.check_batch_size(config.data.batch_size if cond is None else cond.labels_per_step,
                             mesh)
+  num_generated = config.get("gen_batch_size", 0) or 0
+  if num_generated and cond is not None:
+    raise ValueError("config.gen_batch_size applies to unconditional runs; conditional runs "
+                     "set conditional.gen_per_label.")
+  if num_generated:
+    sharding.check_batch_size(num_generated, mesh, field="gen_batch_size")
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
@@ -179,7 +187,8 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
   step = functools.partial(
       train_step, generator=generator, noise_shape=noise_shape, feature_fn=feature_fn,
       optimizer=optimizer, schedule=schedule, loss_config=loss_config,
-      ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh), cond=cond)
+      ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh), cond=cond,
+      num_generated=num_generated)
   step_fn = jax.jit(
       step,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),

@@ -62,12 +62,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
           for k, v in local_batch.items()}
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, field: str = "data.batch_size"
+                     ) -> None:
   """Each process and each "data" shard must get an equal share of the batch."""
   num_data = mesh.shape["data"]
   if global_batch_size % num_data or global_batch_size % jax.process_count():
     raise ValueError(
-        f"data.batch_size={global_batch_size} must be divisible by the number of data "
+        f"{field}={global_batch_size} must be divisible by the number of data "
         f"shards ({num_data}) and of processes ({jax.process_count()}).")
 
 

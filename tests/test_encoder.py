@@ -1,7 +1,6 @@
 """Feature encoders: group shapes and values, checkpoint round trip, errors, encoder training
 (classifier and masked-autoencoder objectives)."""
 
-import gzip
 import json
 import os
 
@@ -101,30 +100,6 @@ def test_checkpoint_errors_name_the_path(tmp_path):
     encoder.load_encoder(str(tmp_path / "enc"))
 
 
-def _write_idx(path, array):
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
-def _stripes(n, rng):
-  """Label 0: horizontal stripes, label 1: vertical stripes, with noise; 28x28 uint8."""
-  labels = rng.integers(0, 2, n)
-  phase = rng.integers(0, 2, n)[:, None, None]
-  rows, cols = np.mgrid[:28, :28]
-  stripes = np.where(labels[:, None, None] == 0, (rows + phase) % 2, (cols + phase) % 2)
-  images = 60 + 120 * stripes + rng.integers(0, 60, (n, 28, 28))
-  return images.astype(np.uint8), labels.astype(np.uint8)
-
-
-def _write_stripes_data(data_dir, rng):
-  data_dir.mkdir()
-  for prefix, n in (("train", 64), ("t10k", 40)):
-    images, labels = _stripes(n, rng)
-    _write_idx(data_dir / f"{prefix}-images-idx3-ubyte.gz", images)
-    _write_idx(data_dir / f"{prefix}-labels-idx1-ubyte.gz", labels)
-
-
 def _tiny_train_config(data_dir, **overrides):
   config = dict(
       seed=0, data=dict(name="fashion_mnist", data_dir=str(data_dir), split="train",
@@ -136,9 +111,8 @@ def _tiny_train_config(data_dir, **overrides):
   return ml_collections.ConfigDict(config)
 
 
-def test_train_encoder_end_to_end(tmp_path, capsys):
-  data_dir = tmp_path / "data"
-  _write_stripes_data(data_dir, np.random.default_rng(0))
+def test_train_encoder_end_to_end(tmp_path, capsys, stripes_dir):
+  data_dir = stripes_dir
   config = _tiny_train_config(data_dir)  # No `objective` field: the classifier.
   record = encoder_training.train_and_save(config, str(tmp_path / "work"))
   printed = capsys.readouterr().out
@@ -182,9 +156,8 @@ def test_masked_mse_only_counts_masked_pixels():
   assert float(encoder_training.masked_mse(changed, target, mask)) == loss
 
 
-def test_train_encoder_mae_end_to_end(tmp_path, capsys):
-  data_dir = tmp_path / "data"
-  _write_stripes_data(data_dir, np.random.default_rng(0))
+def test_train_encoder_mae_end_to_end(tmp_path, capsys, stripes_dir):
+  data_dir = stripes_dir
   config = _tiny_train_config(data_dir, objective="mae", num_steps=30, log_every=10,
                               learning_rate=5e-3,
                               mae=dict(patch_size=4, mask_ratio=0.6))
@@ -204,13 +177,12 @@ def test_train_encoder_mae_end_to_end(tmp_path, capsys):
   assert feats["s0_loc"].shape == (784, 3, 4) and feats["s1_loc"].shape == (196, 3, 8)
 
 
-def test_train_encoder_rejects_bad_settings(tmp_path):
+def test_train_encoder_rejects_bad_settings(tmp_path, stripes_dir):
   with pytest.raises(ValueError, match=r"config.objective='bogus'.*'classifier', 'mae'"):
     # Raised before any data is read: the data folder does not exist.
     encoder_training.train_and_save(_tiny_train_config(tmp_path / "nowhere", objective="bogus"),
                                  str(tmp_path / "work"))
-  data_dir = tmp_path / "data"
-  _write_stripes_data(data_dir, np.random.default_rng(0))
+  data_dir = stripes_dir
   with pytest.raises(ValueError, match="patch_size=5 must divide"):
     encoder_training.train_and_save(
         _tiny_train_config(data_dir, objective="mae", mae=dict(patch_size=5)),

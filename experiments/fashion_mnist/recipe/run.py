@@ -1,0 +1,139 @@
+"""The recipe ablation (issue 21): short arms of configs/fashion_mnist_cpu.py, one lever each.
+
+  taskset -c 0 python experiments/fashion_mnist/recipe/run.py --lane=0 &
+  taskset -c 1 python experiments/fashion_mnist/recipe/run.py --lane=1 &
+
+Each lane takes the next arm that has no result and that no live process claims, trains it
+with `train_loop.run` (so a killed arm resumes from its checkpoint), then scores 5,000
+one-step samples of its EMA and raw parameters with the proxy (lookahead_drift.proxy_metric)
+against the 10,000 test images and writes results/ARM.json and grids/ARM.png. A lane stops
+when no arm is left. Arms and their config overrides are in ARMS; everything else is the CPU
+config at --steps steps.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from configs import fashion_mnist_cpu
+from lookahead_drift import inference, input_pipeline, pictures, proxy_metric, train_loop
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENCODERS = {"base": "/work/runs/enc_base/encoder", "strong": "/work/runs/enc_strong/encoder"}
+
+# name -> (config overrides as {"a.b": value}, encoder key). The first is the baseline.
+ARMS = {
+    "base": ({}, "base"),
+    "enc_strong": ({}, "strong"),
+    "pos4x": ({"data.batch_size": 256, "gen_batch_size": 64}, "base"),
+    "base_seed1": ({"seed": 1}, "base"),
+    "no_locations": ({"encoder.include_locations": False}, "base"),
+    "lr_const": ({"optimizer.schedule": "constant"}, "base"),
+}
+
+
+def arm_config(name: str, steps: int):
+  overrides, enc = ARMS[name]
+  config = fashion_mnist_cpu.get_config()
+  config.num_steps = steps
+  config.encoder.checkpoint = ENCODERS[enc]
+  config.tensorboard = False
+  config.checkpoint.update(dict(every=max(steps // 4, 1), keep=1))
+  config.sample.every = steps
+  config.log_every = 50
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
+  for key, value in overrides.items():
+    *parents, leaf = key.split(".")
+    section = config
+    for p in parents:
+      section = section[p]
+    section[leaf] = value
+  return config
+
+
+def _claim(path: str) -> bool:
+  """True if this process now owns `path` (a pid file); a dead owner's claim is taken."""
+  try:
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+  except FileExistsError:
+    try:
+      os.kill(int(open(path).read().strip() or 0), 0)
+      return False
+    except (ProcessLookupError, ValueError):
+      os.remove(path)
+      return _claim(path)
+  os.write(fd, str(os.getpid()).encode())
+  os.close(fd)
+  return True
+
+
+def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_path: str):
+  """Proxy scores of `num` samples of the EMA and the raw parameters, and a grid of each (one
+  row per class the proxy net assigns). At a few hundred steps the EMA (decay 0.999) still
+  holds much of the initialisation, so short arms are ranked by the raw parameters."""
+  trained = inference.restore(workdir)
+  out = {"step": trained.step}
+  for which in ("ema", "raw"):
+    images = pictures.to_uint8(inference.generate(
+        trained.config, trained.weights(which == "ema"), num, jax.random.PRNGKey(0)))
+    s = scorer.score(images, reference_features)
+    out[which] = {k: v for k, v in s.items() if k != "proxy_sha256"}
+    out["proxy_sha256"] = s["proxy_sha256"]
+    labels = scorer.classify(images)
+    out[which]["class_shares"] = [round(float(v), 4) for v in
+                                  np.bincount(labels, minlength=10) / len(images)]
+    pictures.save_class_rows_png(f"{grid_path}_{which}.png", images[:1000], labels[:1000],
+                                 classes=range(10))
+  return out
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--lane", type=int, default=0)
+  parser.add_argument("--steps", type=int, default=700)
+  parser.add_argument("--num_samples", type=int, default=5000)
+  parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
+  parser.add_argument("--runs", default="/work/runs/recipe")
+  parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
+  args = parser.parse_args(argv)
+  names = [a for a in args.arms.split(",") if a] or list(ARMS)
+  os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+  os.makedirs(os.path.join(HERE, "grids"), exist_ok=True)
+  os.makedirs(args.runs, exist_ok=True)
+  scorer = proxy_metric.load(args.proxy)
+  test, _ = input_pipeline.load_images(dict(name="fashion_mnist", split="test"))
+  reference = scorer.features(test)
+  for name in names:
+    result_path = os.path.join(HERE, "results", f"{name}.json")
+    if not os.path.isdir(ENCODERS[ARMS[name][1]]):
+      print(f"[lane {args.lane}] arm {name}: its encoder is not trained yet, skipped",
+            flush=True)
+      continue
+    if os.path.exists(result_path) or not _claim(os.path.join(args.runs, f"{name}.claim")):
+      continue
+    config = arm_config(name, args.steps)
+    workdir = os.path.join(args.runs, name)
+    print(f"[lane {args.lane}] arm {name}: {ARMS[name]}", flush=True)
+    tic = time.perf_counter()
+    train_loop.run(config, workdir)
+    train_seconds = time.perf_counter() - tic
+    scores = score(workdir, scorer, reference, args.num_samples,
+                   os.path.join(HERE, "grids", name))
+    overrides, enc = ARMS[name]
+    record = dict(arm=name, overrides={k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in overrides.items()},
+                  encoder=enc, steps=args.steps, train_seconds=round(train_seconds, 1),
+                  lane=args.lane, command=" ".join(sys.argv), **scores)
+    with open(result_path, "w") as f:
+      json.dump(record, f, indent=2)
+    print(f"[lane {args.lane}] {name}: EMA proxy FD {scores['ema']['proxy_fd']:.2f}, raw "
+          f"{scores['raw']['proxy_fd']:.2f} ({train_seconds / 60:.1f} min)", flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,131 @@
+"""Does the proxy rank generators as Inception FID does, and how noisy is it? (issue 21)
+
+  python experiments/fashion_mnist/recipe/validate.py floor
+  python experiments/fashion_mnist/recipe/validate.py inception --sets=base,pos4x,... [--n=2000]
+  python experiments/fashion_mnist/recipe/validate.py summary
+
+floor: proxy FD/KID between real image sets (two disjoint halves of the test images; 5,000
+training images against the 10,000 test images), so a difference between arms can be read
+against what two real samples already differ by. The same arm trained with two seeds is the
+other half of the noise floor (arms "base" and "base_seed1" of run.py).
+
+inception: for each sample set, the first --n samples scored by Inception FID and KID against
+the cached test features and by the proxy on the same images; one JSON per set in
+results/validation/, so a killed run keeps what it finished. A set is an arm of run.py
+(samples of its raw parameters, by which run.py ranks short arms) or one of the committed
+10k-sample runs ("cpu_issue11", "gpu_issue11").
+
+summary: Spearman and Pearson correlation of proxy FD with Inception FID over the sets.
+"""
+
+import argparse
+import glob
+import json
+import os
+
+import jax
+import numpy as np
+from scipy import stats as scipy_stats
+
+from lookahead_drift import fid_kid, inception, inference, input_pipeline, pictures, proxy_metric
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "results", "validation")
+COMMITTED = {
+    "cpu_issue11": os.path.join(HERE, "..", "results", "cpu", "step5000", "samples.npz"),
+    "gpu_issue11": os.path.join(HERE, "..", "results", "gpu", "step4638", "samples.npz"),
+}
+
+
+def _test_images() -> np.ndarray:
+  return input_pipeline.load_images(dict(name="fashion_mnist", split="test"))[0]
+
+
+def _proxy(images, reference, scorer):
+  s = scorer.score(images, reference)
+  return {k: s[k] for k in ("proxy_fd", "proxy_kid", "proxy_kid_std", "proxy_sha256")}
+
+
+def floor(scorer) -> dict:
+  test = _test_images()
+  train = input_pipeline.load_images(dict(name="fashion_mnist", split="train"))[0]
+  rng = np.random.default_rng(0)
+  half = rng.permutation(len(test))
+  train5k = train[rng.choice(len(train), 5000, replace=False)]
+  out = {
+      "test_half_vs_test_half (5000 vs 5000)": _proxy(
+          test[half[:5000]], scorer.features(test[half[5000:]]), scorer),
+      "train_5000_vs_test_10000": _proxy(train5k, scorer.features(test), scorer),
+      "train_2000_vs_test_10000": _proxy(train5k[:2000], scorer.features(test), scorer),
+  }
+  os.makedirs(OUT, exist_ok=True)
+  with open(os.path.join(OUT, "floor.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
+def _samples(name: str, n: int, runs: str) -> np.ndarray:
+  if name in COMMITTED:
+    with np.load(COMMITTED[name]) as data:
+      return data["images"][:n]
+  trained = inference.restore(os.path.join(runs, name))
+  return pictures.to_uint8(inference.generate(trained.config, trained.params, n,
+                                              jax.random.PRNGKey(0)))
+
+
+def inception_sets(names, n: int, runs: str, scorer) -> None:
+  extractor = inception.FeatureExtractor(None, batch_size=25)
+  test_feats = fid_kid.dataset_features("fashion_mnist", "test", extractor,
+                                        cache_dir=fid_kid.default_feature_cache())
+  test_stats = fid_kid.stats_from_features(test_feats)
+  proxy_ref = scorer.features(_test_images())
+  os.makedirs(OUT, exist_ok=True)
+  for name in names:
+    path = os.path.join(OUT, f"{name}_n{n}.json")
+    if os.path.exists(path):
+      continue
+    images = _samples(name, n, runs)
+    feats = extractor(images, progress=True)
+    record = dict(set=name, n=len(images),
+                  inception_fid=fid_kid.fid_from_stats(fid_kid.stats_from_features(feats),
+                                                       test_stats),
+                  inception_kid=fid_kid.kid(feats, test_feats),
+                  **_proxy(images, proxy_ref, scorer))
+    with open(path, "w") as f:
+      json.dump(record, f, indent=2)
+    print(json.dumps(record), flush=True)
+
+
+def summary() -> dict:
+  records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(OUT, "*_n*.json")))]
+  fid = np.array([r["inception_fid"] for r in records])
+  fd = np.array([r["proxy_fd"] for r in records])
+  out = dict(sets=[(r["set"], r["n"], round(r["inception_fid"], 2), round(r["proxy_fd"], 3))
+                   for r in records])
+  if len(records) >= 3:
+    out["spearman"] = float(scipy_stats.spearmanr(fid, fd).statistic)
+    out["pearson"] = float(np.corrcoef(fid, fd)[0, 1])
+  print(json.dumps(out, indent=2))
+  return out
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("what", choices=("floor", "inception", "summary"))
+  parser.add_argument("--sets", default="")
+  parser.add_argument("--n", type=int, default=2000)
+  parser.add_argument("--runs", default="/work/runs/recipe")
+  parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
+  args = parser.parse_args()
+  if args.what == "summary":
+    summary()
+    return
+  scorer = proxy_metric.load(args.proxy)
+  if args.what == "floor":
+    print(json.dumps(floor(scorer), indent=2))
+  else:
+    inception_sets([s for s in args.sets.split(",") if s], args.n, args.runs, scorer)
+
+
+if __name__ == "__main__":
+  main()
