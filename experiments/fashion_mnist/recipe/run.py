@@ -72,6 +72,12 @@ def _claim(path: str) -> bool:
   return True
 
 
+def save_grid(path: str, images: np.ndarray, scorer) -> None:
+  """1,000 samples' class grid: one row per class the proxy net assigns, ten per row."""
+  pictures.save_class_rows_png(path, images[:1000], scorer.classify(images[:1000]),
+                               classes=range(10))
+
+
 def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_path: str):
   """Proxy scores of `num` samples of the EMA and the raw parameters, and a grid of each (one
   row per class the proxy net assigns). At a few hundred steps the EMA (decay 0.999) still
@@ -87,9 +93,29 @@ def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_p
     labels = scorer.classify(images)
     out[which]["class_shares"] = [round(float(v), 4) for v in
                                   np.bincount(labels, minlength=10) / len(images)]
-    pictures.save_class_rows_png(f"{grid_path}_{which}.png", images[:1000], labels[:1000],
-                                 classes=range(10))
+    save_grid(f"{grid_path}_{which}.png", images, scorer)
   return out
+
+
+def table() -> str:
+  """The finished arms as a Markdown table (README), best raw proxy FD first."""
+  rows = []
+  for name in ARMS:
+    path = os.path.join(HERE, "results", f"{name}.json")
+    if os.path.exists(path):
+      with open(path) as f:
+        rows.append(json.load(f))
+  rows.sort(key=lambda r: r["raw"]["proxy_fd"])
+  lines = ["| arm | change from the CPU config | proxy FD, raw (EMA) | proxy KID, raw | "
+           "train min (loaded core) |", "|---|---|---|---|---|"]
+  for r in rows:
+    change = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "none"
+    if r["encoder"] != "base":
+      change = f"encoder {r['encoder']}" + ("" if change == "none" else f", {change}")
+    lines.append(f"| {r['arm']} | {change} | {r['raw']['proxy_fd']:.1f} "
+                 f"({r['ema']['proxy_fd']:.1f}) | {r['raw']['proxy_kid']:.2f} ± "
+                 f"{r['raw']['proxy_kid_std']:.2f} | {r['train_seconds'] / 60:.1f} |")
+  return "\n".join(lines)
 
 
 def main(argv=None):
@@ -100,12 +126,28 @@ def main(argv=None):
   parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
   parser.add_argument("--runs", default="/work/runs/recipe")
   parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
+  parser.add_argument("--table", action="store_true", help="print the results table only")
+  parser.add_argument("--grids", action="store_true",
+                      help="only (re)draw grids/ARM_{raw,ema}.png of the finished arms")
   args = parser.parse_args(argv)
+  if args.table:
+    print(table())
+    return
   names = [a for a in args.arms.split(",") if a] or list(ARMS)
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   os.makedirs(os.path.join(HERE, "grids"), exist_ok=True)
   os.makedirs(args.runs, exist_ok=True)
   scorer = proxy_metric.load(args.proxy)
+  if args.grids:
+    for name in names:
+      workdir = os.path.join(args.runs, name)
+      if os.path.exists(os.path.join(HERE, "results", f"{name}.json")):
+        trained = inference.restore(workdir)
+        for which in ("ema", "raw"):
+          save_grid(os.path.join(HERE, "grids", f"{name}_{which}.png"), pictures.to_uint8(
+              inference.generate(trained.config, trained.weights(which == "ema"), 1000,
+                                 jax.random.PRNGKey(0))), scorer)
+    return
   test, _ = input_pipeline.load_images(dict(name="fashion_mnist", split="test"))
   reference = scorer.features(test)
   for name in names:

@@ -15,6 +15,10 @@ results/validation/, so a killed run keeps what it finished. A set is an arm of 
 (samples of its raw parameters, by which run.py ranks short arms) or one of the committed
 10k-sample runs ("cpu_issue11", "gpu_issue11").
 
+guidance: the four sample sets of the guidance study (experiments/fashion_mnist/guidance.py,
+α = 1..4, 500 samples each) scored by the proxy with that study's protocol (the same 1,000
+random test images), beside the Inception FIDs it recorded: a second, independent check.
+
 summary: Spearman and Pearson correlation of proxy FD with Inception FID over the sets.
 """
 
@@ -96,6 +100,29 @@ def inception_sets(names, n: int, runs: str, scorer) -> None:
     print(json.dumps(record), flush=True)
 
 
+def guidance_sets(scorer) -> dict:
+  folder = os.path.join(HERE, "..", "results", "guidance_cpu")
+  with open(os.path.join(folder, "results.json")) as f:
+    recorded = json.load(f)
+  test = _test_images()
+  keep = np.random.default_rng(0).permutation(len(test))[:recorded["num_reference"]]
+  reference = scorer.features(test[keep])  # guidance.py's --max_reference subset
+  rows = []
+  for entry in recorded["per_alpha"]:
+    alpha = entry["alpha"]
+    with np.load(os.path.join(folder, f"samples_alpha{alpha:g}.npz")) as data:
+      images = data["images"] if "images" in data else data["samples"]
+    images = pictures.to_uint8(images) if images.dtype != np.uint8 else images
+    rows.append(dict(alpha=alpha, n=len(images), inception_fid=entry["fid"],
+                     **_proxy(images, reference, scorer)))
+  fid = [r["inception_fid"] for r in rows]
+  fd = [r["proxy_fd"] for r in rows]
+  out = dict(rows=rows, spearman=float(scipy_stats.spearmanr(fid, fd).statistic))
+  with open(os.path.join(OUT, "guidance.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
 def summary() -> dict:
   records = [json.load(open(p)) for p in sorted(glob.glob(os.path.join(OUT, "*_n*.json")))]
   fid = np.array([r["inception_fid"] for r in records])
@@ -111,7 +138,7 @@ def summary() -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("what", choices=("floor", "inception", "summary"))
+  parser.add_argument("what", choices=("floor", "inception", "guidance", "summary"))
   parser.add_argument("--sets", default="")
   parser.add_argument("--n", type=int, default=2000)
   parser.add_argument("--runs", default="/work/runs/recipe")
@@ -123,6 +150,8 @@ def main():
   scorer = proxy_metric.load(args.proxy)
   if args.what == "floor":
     print(json.dumps(floor(scorer), indent=2))
+  elif args.what == "guidance":
+    print(json.dumps(guidance_sets(scorer), indent=2))
   else:
     inception_sets([s for s in args.sets.split(",") if s], args.n, args.runs, scorer)
 
