@@ -255,6 +255,61 @@ def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
   assert steps and f"checkpoints/{steps[-1]}" in last
 
 
+def with_value(config: ml_collections.ConfigDict, key: str, value) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted `key` set to `value`, of whatever type (no type check)."""
+  tree = config.to_dict()
+  *parents, last = key.split(".")
+  node = tree
+  for part in parents:
+    node = node[part]
+  node[last] = value
+  return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optimizer.learning_rate", -1.0, "a finite number > 0"),
+    ("optimizer.learning_rate", float("nan"), "a finite number > 0"),
+    ("optimizer.learning_rate", float("inf"), "a finite number > 0"),
+    ("optimizer.end_value", -1e-3, "a finite number >= 0"),
+    ("optimizer.warmup_steps", -1, "an integer >= 0"),
+    ("optimizer.warmup_steps", 2.0, "an integer >= 0"),
+    ("optimizer.weight_decay", -0.1, "a finite number >= 0"),
+    ("optimizer.b1", 1.0, "a finite number in [0, 1)"),
+    ("optimizer.b2", -0.5, "a finite number in [0, 1)"),
+    ("optimizer.grad_clip", float("nan"), "a finite number >= 0"),
+    ("ema_decay", 2.0, "a finite number in [0, 1)"),
+    ("loss.temperatures", (), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", ("",), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", (0.1, float("nan")), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", (0.1, 0.0), "a non-empty list of finite numbers > 0"),
+    ("loss.step_size", float("nan"), "a finite number > 0"),
+    ("loss.step_size", 0.0, "a finite number > 0"),
+    ("gen_batch_size", -1, "an integer >= 0"),
+    ("gen_batch_size", 2.5, "an integer >= 0"),
+    ("seed", 1.5, "an integer"),
+    ("seed", True, "an integer"),
+    ("sample.batch_size", 0, "an integer >= 1"),
+])
+def test_bad_numeric_config_value_fails_before_any_work(tmp_path, key, value, expected):
+  config = with_value(smoke_config(), key, value)
+  with pytest.raises(cli.UserError) as error:
+    train_loop.validate_config(config)
+  message = str(error.value)
+  assert message == f"config.{key}={value!r}: expected {expected}.", message
+  assert "\n" not in message
+  with pytest.raises(cli.UserError, match=f"config.{key}="):
+    train_loop.run(config, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gen_batch_size", 0), ("gen_batch_size", 64), ("optimizer.grad_clip", None),
+    ("optimizer.grad_clip", 0), ("loss.temperatures", 0.5), ("loss.temperatures", [0.1, 2]),
+    ("ema_decay", 0.0), ("optimizer.b2", 0.999999), ("seed", -3)])
+def test_good_numeric_config_values_pass(key, value):
+  assert train_loop.validate_config(with_value(smoke_config(), key, value)) == "stop"
+
+
 @pytest.mark.parametrize("name", sorted(
     p.stem for p in (REPO / "configs").glob("*.py")
     if p.stem not in ("__init__", "common") and not p.stem.startswith("encoder_")))
@@ -262,6 +317,7 @@ def test_every_training_config_builds_its_generator_loss_and_optimizer(name):
   """Each configs/*.py a user can pass to `train` yields a valid generator, loss and optimizer
   (a bad field fails here, not an hour into a launch)."""
   config = load_config(name)
+  train_loop.validate_config(config)
   models.create_generator(config.model)
   experiment.create_loss_config(config)
   experiment.create_optimizer(config)
