@@ -3,7 +3,7 @@
 Exit codes (all binaries): 0 done; 1 an unexpected error (with its traceback); 2 bad input
 (a config, flag, file or workdir the user can fix; one line); 3 preempted (SIGTERM/SIGINT:
 state saved, relaunch the same command to continue); 4 stopped on a non-finite loss or
-gradient (nothing non-finite saved); 130 interrupted by Ctrl-C where there was nothing to
+gradient, or on non-finite samples (nothing non-finite saved); 130 interrupted by Ctrl-C where there was nothing to
 save (or by a second Ctrl-C while saving).
 """
 
@@ -30,7 +30,8 @@ class Preempted(Exception):
 
 
 class NonFiniteError(Exception):
-  """Training stopped on a non-finite loss or gradient; a binary exits 4."""
+  """Training stopped on a non-finite loss or gradient, or a generator gave non-finite
+  samples; a binary exits 4."""
 
 
 def exit_code(error: BaseException) -> int | None:

@@ -33,6 +33,9 @@ def fixture_files(tmp_path_factory) -> dict[str, pathlib.Path]:
   (root / "not_zip.npz").write_text("hello")
   np.save(root / "array.npy", np.zeros((3, 8, 8, 3), np.uint8))
   (root / "a_file").write_text("x")
+  np.savez(root / "images.npz", images=np.zeros((3, 8, 8, 3), np.uint8))
+  np.savez(root / "stats6.npz", mu=np.zeros(6), sigma=np.eye(6), count=10)
+  np.savez(root / "minus_identity.npz", mu=np.zeros(6), sigma=-np.eye(6), count=10)
   return {"root": root, "not_zip": root / "not_zip.npz", "npy": root / "array.npy",
           "file": root / "a_file"}
 
@@ -66,6 +69,9 @@ CASES = {
                                      "configs/nope.py", "{root}/w7"),
     "sample_zero_samples": (["-m", "lookahead_drift.sample", *TOY[:1], "--workdir={root}/w8",
                              "--num_samples=0"], "--num_samples=0", "{root}/w8"),
+    "sample_out_not_npz": (["-m", "lookahead_drift.sample", "--workdir={root}/w14",
+                            "--out={root}/s.txt"], "--out={root}/s.txt: expected a path "
+                           "ending in .npz", "{root}/s.txt"),
     "sample_misspelled_workdir": (["-m", "lookahead_drift.sample", *TOY[:1],
                                    "--workdir={root}/w9"], "does not exist", "{root}/w9"),
     "evaluate_misspelled_workdir": (["-m", "lookahead_drift.evaluate",
@@ -78,6 +84,12 @@ CASES = {
                 "{root}/array.npy is a single .npy array", None),
     "fid_missing": (["-m", "lookahead_drift.fid", "{root}/none.npz", "{root}/array.npy"],
                     "no file at {root}/none.npz", None),
+    "fid_stats_dimension": (["-m", "lookahead_drift.fid", "{root}/images.npz",
+                             "{root}/stats6.npz"], "{root}/stats6.npz holds 6-dimensional "
+                            "statistics, but images give 2048-dimensional", None),
+    "fid_stats_not_psd": (["-m", "lookahead_drift.fid", "{root}/minus_identity.npz",
+                           "{root}/stats6.npz"], "{root}/minus_identity.npz: sigma is not "
+                          "positive semi-definite", None),
     "fid_one_input": (["-m", "lookahead_drift.fid", "{root}/array.npy"], "expected two inputs",
                       None),
     "tool_convert_missing": (["tools/convert_inception.py", "--torchscript={root}/none.pt",
