@@ -145,17 +145,14 @@ def check_stats(stats: Stats, path: Any) -> None:
   if asymmetry > STATS_TOLERANCE * scale:
     raise ValueError(f"{path}: sigma is not symmetric (|sigma - sigma.T| up to {asymmetry:.3g}"
                      f", entries up to {scale:.3g}), so it is not a covariance")
-  trace = float(np.trace(sigma))
+  sigma, trace = (sigma + sigma.T) / 2, float(np.trace(sigma))
+  shift = STATS_TOLERANCE * abs(trace) + np.finfo(np.float64).tiny
   try:  # succeeds iff the smallest eigenvalue is above -shift
-    shift = STATS_TOLERANCE * abs(trace) + np.finfo(np.float64).tiny
-    np.linalg.cholesky((sigma + sigma.T) / 2 + shift * np.eye(len(sigma)))
-    positive = trace >= 0
+    np.linalg.cholesky(sigma + shift * np.eye(len(sigma)))
   except np.linalg.LinAlgError:
-    positive = False
-  if not positive:
-    low = float(np.linalg.eigvalsh((sigma + sigma.T) / 2)[0])
+    low = float(np.linalg.eigvalsh(sigma)[0])
     raise ValueError(f"{path}: sigma is not positive semi-definite (smallest eigenvalue "
-                     f"{low:.3g}, trace {trace:.3g}), so it is not a covariance")
+                     f"{low:.3g}, trace {trace:.3g}), so it is not a covariance") from None
 
 
 def _open_npz(path: str | os.PathLike) -> Any:
