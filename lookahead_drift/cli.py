@@ -1,10 +1,11 @@
 """How every binary ends: exit codes, user errors in one or two lines, tracebacks on --verbose.
 
 Exit codes (all binaries): 0 done; 1 an unexpected error (with its traceback); 2 bad input
-(a config, flag, file or workdir the user can fix; one line); 3 preempted (SIGTERM/SIGINT:
-state saved, relaunch the same command to continue); 4 stopped on a non-finite loss or
-gradient (nothing non-finite saved); 130 interrupted by Ctrl-C where there was nothing to
-save (or by a second Ctrl-C while saving).
+(a config value or config file that does not run, a flag, file or workdir the user can fix;
+one line); 3 preempted (SIGTERM/SIGINT: state saved, relaunch the same command to continue);
+4 stopped on a non-finite loss or gradient, or on non-finite samples (nothing non-finite
+saved); 130 interrupted by Ctrl-C where there was nothing to save (or by a second Ctrl-C
+while saving).
 """
 
 import logging
@@ -30,7 +31,8 @@ class Preempted(Exception):
 
 
 class NonFiniteError(Exception):
-  """Training stopped on a non-finite loss or gradient; a binary exits 4."""
+  """Training stopped on a non-finite loss or gradient, or a generator gave non-finite
+  samples; a binary exits 4."""
 
 
 def exit_code(error: BaseException) -> int | None:
@@ -101,14 +103,62 @@ def run(main: Callable[[list[str]], object], argv: Sequence[str] | None = None) 
     os._exit(code)  # pylint: disable=protected-access
 
 
-def parse_absl_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing that reports a bad flag or --config override in one line (exit 2)."""
+def _config_file_error(error: BaseException) -> tuple[str, BaseException] | None:
+  """("--config=FILE[:ARG]", the original error) if `error` came from running a config file
+  (ml_collections runs FILE's get_config(ARG) while the flags are parsed, and wraps a
+  ValueError or TypeError in two more errors, the first with the traceback as text)."""
+  chain = [error]
+  while chain[-1].__context__ is not None and chain[-1].__context__ not in chain:
+    chain.append(chain[-1].__context__)
+  for e in chain:
+    tb = e.__traceback__
+    while tb is not None:
+      local = tb.tb_frame.f_locals
+      if (tb.tb_frame.f_code.co_name == "parse"
+          and type(local.get("self")).__name__ == "ConfigFileFlagParser"):
+        return f"--{local['self'].name}={local.get('path')}", chain[-1]
+      tb = tb.tb_next
+  return None
+
+
+def _flag_error_message(error: BaseException, argv: list[str]) -> str:
+  """One line for an error raised while parsing flags (and the config files they name)."""
+  from_file = _config_file_error(error)
+  if from_file:
+    flag, cause = from_file
+    # The line that raised, in the config's own code (after ml_collections' frames); a
+    # SyntaxError names its line itself.
+    frames = traceback.extract_tb(cause.__traceback__)
+    start = max((i + 1 for i, f in enumerate(frames) if "ml_collections" in f.filename),
+                default=0)
+    frames = [f for f in frames[start:] if not f.filename.startswith("<")]
+    where = ("" if isinstance(cause, SyntaxError) or not frames else
+             f" ({frames[-1].filename}, line {frames[-1].lineno})")
+    text = " ".join(str(cause).split("\n"))
+    return f"{flag}: the config file failed: {type(cause).__name__}: {text}{where}"
+  while (isinstance(error, AttributeError) and error.args
+         and isinstance(error.args[0], BaseException)):
+    error = error.args[0]  # ml_collections' AttributeError(KeyError) for an unknown field
+  if isinstance(error, KeyError) and error.args:
+    key, *hint = str(error.args[0]).split("\n")
+    flag = next((f"{a.split('=')[0]}: " for a in argv[1:]
+                 if a.startswith("--") and key.strip("'\"") in a.split("=")[0].split(".")), "")
+    return " ".join([f"{flag}the config has no field {key}.", *hint])
+  return _message(error)
+
+
+def parse_absl_flags(argv: list[str], verbose: bool = False) -> list[str]:
+  """absl flag parsing that reports a bad flag, --config override or config file (one that
+  does not run) in one line (exit 2); `verbose` adds the traceback."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     rest = flags.FLAGS(argv)
-  except (flags.Error, KeyError, AttributeError, TypeError, ValueError, OSError) as e:
-    print(f"FATAL flags parsing error: {_message(e)}\nPass --helpfull to see flags.",
-          file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    # flag values and the config files they run: all input the user can fix
+    if verbose:
+      traceback.print_exception(e)
+    print(f"FATAL flags parsing error: {_flag_error_message(e, argv)}\nPass --helpfull to see "
+          "flags.", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
   for name in list(flags.FLAGS):
     value = flags.FLAGS[name].value
@@ -134,4 +184,6 @@ def run_absl(main: Callable[[list[str]], object]) -> None:
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   absl_logging.get_absl_handler().addFilter(QuietLibraries())
-  run(lambda argv: app.run(main, argv=argv, flags_parser=parse_absl_flags))
+  verbose = VERBOSE_FLAG in sys.argv
+  run(lambda argv: app.run(main, argv=argv,
+                           flags_parser=lambda a: parse_absl_flags(a, verbose)))

@@ -41,6 +41,7 @@ def load_reference(path: str, extractor: inception.FeatureExtractor) -> Referenc
   kind, value = fid_kid.load_input(path)
   if kind == "stats":
     # Fail now, not after generating 50k samples.
+    fid_kid.check_against_images(value, path)
     fid_kid.check_compatible(value, dataclasses.replace(
         value, weights_sha256=extractor.weights_sha256, resize=extractor.resize))
     return Reference(path, value, None)

@@ -5,7 +5,8 @@ A and B are each an `.npz` with uint8 images [N, H, W, 1|3] under `images`, or s
 by this module (`mu`, `sigma`, `count`, `weights_sha256`, `resize`). The last line printed is
 `FID <value>`; KID is printed too when both are image sets. Statistics are accumulated in
 float64 over any number of images; the covariance is the unbiased one (ddof=1, as np.cov in
-the reference TTUR and pytorch-fid code).
+the reference TTUR and pytorch-fid code). Statistics files are checked on load (finite, a
+covariance within round-off, count >= 2) and their dimension before any Inception work.
 """
 
 from __future__ import annotations
@@ -105,16 +106,53 @@ def save_stats(path: str | os.PathLike, stats: Stats) -> None:
              weights_sha256=np.array(stats.weights_sha256), resize=np.array(stats.resize))
 
 
+STATS_TOLERANCE = 1e-5  # relative: float32 round-off in a covariance is far below it
+
+
 def _stats_from_npz(data: Any, path: Any) -> Stats:
+  """Stats of a loaded .npz, checked (see `check_stats`) with errors naming `path`."""
   missing = [k for k in _STATS_KEYS if k not in data]
   if missing:
     raise ValueError(f"{path} is not a statistics file: missing {missing}")
-  mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+  try:
+    mu, sigma = np.asarray(data["mu"], np.float64), np.asarray(data["sigma"], np.float64)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{path}: mu and sigma must be numbers ({e})") from None
   d = mu.shape[0] if mu.ndim == 1 else -1
   if mu.ndim != 1 or sigma.shape != (d, d):
     raise ValueError(f"{path}: mu must be [D] and sigma [D, D], got {mu.shape}, {sigma.shape}")
+  count = np.asarray(data["count"])
+  if (count.ndim or not np.issubdtype(count.dtype, np.number) or not np.isfinite(count)
+      or count != np.round(count) or count < 2):
+    raise ValueError(f"{path}: count={count.tolist()!r}: expected an integer >= 2 (the samples "
+                     "behind mu and sigma)")
   text = lambda k: str(data[k]) if k in data else ""
-  return Stats(mu, sigma, int(data["count"]), text("weights_sha256"), text("resize"))
+  stats = Stats(mu, sigma, int(count), text("weights_sha256"), text("resize"))
+  check_stats(stats, path)
+  return stats
+
+
+def check_stats(stats: Stats, path: Any) -> None:
+  """A ValueError naming `path` unless mu and sigma are finite and sigma is a covariance:
+  symmetric and positive semi-definite within STATS_TOLERANCE (relative to its largest
+  entry, and to its trace, which bounds its largest eigenvalue)."""
+  for name in ("mu", "sigma"):
+    bad = int(np.sum(~np.isfinite(getattr(stats, name))))
+    if bad:
+      raise ValueError(f"{path}: {name} has {bad} non-finite value(s)")
+  sigma = stats.sigma
+  asymmetry, scale = np.max(np.abs(sigma - sigma.T)), np.max(np.abs(sigma))
+  if asymmetry > STATS_TOLERANCE * scale:
+    raise ValueError(f"{path}: sigma is not symmetric (|sigma - sigma.T| up to {asymmetry:.3g}"
+                     f", entries up to {scale:.3g}), so it is not a covariance")
+  sigma, trace = (sigma + sigma.T) / 2, float(np.trace(sigma))
+  shift = STATS_TOLERANCE * abs(trace) + np.finfo(np.float64).tiny
+  try:  # succeeds iff the smallest eigenvalue is above -shift
+    np.linalg.cholesky(sigma + shift * np.eye(len(sigma)))
+  except np.linalg.LinAlgError:
+    low = float(np.linalg.eigvalsh(sigma)[0])
+    raise ValueError(f"{path}: sigma is not positive semi-definite (smallest eigenvalue "
+                     f"{low:.3g}, trace {trace:.3g}), so it is not a covariance") from None
 
 
 def _open_npz(path: str | os.PathLike) -> Any:
@@ -204,18 +242,32 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, *, method: st
   return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
 
 
-def check_compatible(a: Stats, b: Stats) -> None:
-  """Raises ValueError if two statistics come from different networks or preprocessing."""
+def check_compatible(a: Stats, b: Stats, names: tuple[str, str] | None = None) -> None:
+  """Raises ValueError if two statistics (of files `names`, if given) differ in dimension or
+  come from different networks or preprocessing."""
+  which = f" of {names[0]} and {names[1]}" if names else ""
   if a.mu.shape != b.mu.shape:
-    raise ValueError(f"statistics have different dimensions: {a.mu.shape} and {b.mu.shape}")
+    raise ValueError(f"statistics{which} have different dimensions: {a.mu.shape[0]} and "
+                     f"{b.mu.shape[0]}")
   for field in ("weights_sha256", "resize"):
     va, vb = getattr(a, field), getattr(b, field)
     if va and vb and va != vb:
-      raise ValueError(f"statistics were computed with different {field}: {va!r} and {vb!r}")
+      raise ValueError(f"statistics{which} were computed with different {field}: {va!r} and "
+                       f"{vb!r}")
 
 
-def fid_from_stats(a: Stats, b: Stats, method: str = "eigh") -> float:
-  check_compatible(a, b)
+def check_against_images(stats: Stats, path: str) -> None:
+  """Before any Inception work: statistics of `path` must be of Inception's features to be
+  compared with images (whose features are inception.FEATURE_DIM-dimensional)."""
+  if stats.mu.shape[0] != inception.FEATURE_DIM:
+    raise ValueError(f"{path} holds {stats.mu.shape[0]}-dimensional statistics, but images "
+                     f"give {inception.FEATURE_DIM}-dimensional Inception features: use "
+                     "statistics from `python -m lookahead_drift.fid --ref` or of images")
+
+
+def fid_from_stats(a: Stats, b: Stats, method: str = "eigh",
+                   names: tuple[str, str] | None = None) -> float:
+  check_compatible(a, b, names)
   return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method=method)
 
 
@@ -357,7 +409,13 @@ def compare(paths: list[str], make_extractor: Any, *, fid_method: str = "eigh",
   if len(paths) != 2:
     raise ValueError(f"expected two inputs A B (or --ref), got {len(paths)}: {paths}")
   loaded = [load_input(p) for p in paths]
-  extractor = make_extractor() if any(kind == "images" for kind, _ in loaded) else None
+  has_images = any(kind == "images" for kind, _ in loaded)
+  for path, (kind, value) in zip(paths, loaded):
+    if kind == "stats" and has_images:
+      check_against_images(value, path)
+  if not has_images:
+    check_compatible(loaded[0][1], loaded[1][1], tuple(paths))
+  extractor = make_extractor() if has_images else None
   stats, feats = [], []
   for path, (kind, value) in zip(paths, loaded):
     if kind == "images":
@@ -374,7 +432,7 @@ def compare(paths: list[str], make_extractor: Any, *, fid_method: str = "eigh",
   if len(feats) == 2:
     kid_mean, kid_std = kid(*feats, num_subsets=kid_subsets, max_subset_size=kid_subset_size)
     print(f"KID {kid_mean:.6g} (std {kid_std:.3g} over {kid_subsets} subsets)")
-  value = fid_from_stats(*stats, method=fid_method)
+  value = fid_from_stats(*stats, method=fid_method, names=tuple(paths))
   print(f"FID {value:.6f}")
   return value
 

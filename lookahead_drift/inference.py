@@ -178,14 +178,24 @@ def write_samples(workdir: str, *, num_samples: int, out: str | None = None,
                   cfg_scale: float = 1.0) -> str:
   """Samples of WORKDIR's newest good checkpoint to an .npz (default WORKDIR/samples.npz)
   and a PNG beside it (conditional runs: one class per row); prints where, returns the .npz.
-  `labels`, `cfg_scale`: see `conditions`."""
+  `labels`, `cfg_scale`: see `conditions`. Non-finite samples raise cli.NonFiniteError and
+  write nothing."""
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples}: expected >= 1.")
+  out = out or os.path.join(workdir, "samples.npz")
+  if not out.endswith(".npz"):  # np.savez would append ".npz" to any other name
+    raise cli.UserError(f"--out={out}: expected a path ending in .npz (the samples are an "
+                        ".npz archive; the PNG goes beside it).")
   trained = restore(workdir, config=config)
   chosen, alpha = conditions(trained.config, num_samples, labels, cfg_scale)
   samples = generate(trained.config, trained.weights(use_ema), num_samples,
                      jax.random.PRNGKey(seed), labels=chosen, alpha=alpha)
-  out = out or os.path.join(workdir, "samples.npz")
+  bad = int(np.sum(~np.isfinite(samples)))
+  if bad:
+    raise cli.NonFiniteError(
+        f"the generator of step {trained.step} ({'EMA' if use_ema else 'raw'} params) gave "
+        f"{bad} non-finite values of {samples.size}; nothing written"
+        f"{' (try --use_ema=false)' if use_ema else ''}.")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   pictures.save_npz(out, samples, labels=chosen)
   png = os.path.splitext(out)[0] + ".png"

@@ -1,8 +1,9 @@
-"""Metric and image logging: JSON lines always, TensorBoard only when TensorFlow imports.
+"""Metric and image logging: JSON lines always, TensorBoard event files too.
 
 The JSON lines are strict JSON: a non-finite value (NaN, inf) is written as null.
-`clu.metric_writers` imports TensorFlow at import time, so it is imported lazily and its
-absence only turns TensorBoard off.
+TensorBoard files are written by `clu.metric_writers` where TensorFlow is installed (clu
+imports it at import time, so it is imported lazily), else by tensorboardX, which writes the
+same event files without TensorFlow.
 """
 
 import json
@@ -14,13 +15,52 @@ import numpy as np
 from absl import logging
 
 
+class TensorBoardXWriter:
+  """The part of clu's SummaryWriter used here, over tensorboardX (no TensorFlow needed).
+
+  A scalar is written under its name; each entry of a vector under NAME/i.
+  """
+
+  def __init__(self, logdir: str):
+    import tensorboardX  # pylint: disable=g-import-not-at-top
+    self._writer = tensorboardX.SummaryWriter(logdir)
+
+  def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+    for name, value in scalars.items():
+      try:
+        values = np.asarray(value, np.float64)  # None (a non-finite value) -> NaN
+      except (TypeError, ValueError):
+        continue  # not a number: the JSON lines have it
+      if values.ndim == 0:
+        self._writer.add_scalar(name, float(values), step)
+      else:
+        for i, v in enumerate(values.ravel()):
+          self._writer.add_scalar(f"{name}/{i}", float(v), step)
+
+  def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+    """`images`: name -> uint8 [N, H, W, C], tiled into one image per name."""
+    for name, batch in images.items():
+      self._writer.add_images(name, np.asarray(batch), step, dataformats="NHWC")
+
+  def flush(self) -> None:
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
 def _tensorboard_writer(logdir: str) -> Any | None:
+  """clu's TensorFlow writer where TensorFlow imports, else tensorboardX's; None if neither."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    logging.info("TensorBoard logging off (clu.metric_writers needs TensorFlow: %s).", e)
-    return None
-  return metric_writers.SummaryWriter(logdir)
+    return metric_writers.SummaryWriter(logdir)
+  except ImportError as clu_error:
+    try:
+      return TensorBoardXWriter(logdir)
+    except ImportError as e:
+      logging.info("TensorBoard logging off (needs tensorboardX, or clu with TensorFlow: %s; "
+                   "%s).", e, clu_error)
+      return None
 
 
 def _to_python(value: Any) -> Any:

@@ -1,14 +1,17 @@
 """The training loop around `experiment.train_step`: resume, log, checkpoint, sample, stop.
 
 `run(config, workdir)` trains (resuming from the latest good checkpoint in WORKDIR/checkpoints,
-so metrics.jsonl reads as if the run had never stopped) and returns the final state. One run
+so metrics.jsonl reads as if the run had never stopped) and returns the final state; every
+numeric config field is checked against its range first (`NUMERIC_FIELDS`). One run
 per workdir (a lock); a resume with a config that changes the run's meaning is refused unless
 `allow_config_change`. SIGTERM/SIGINT save and raise cli.Preempted; a non-finite loss or
 gradient stops the run (cli.NonFiniteError) or, with config.nonfinite="skip", skips the step.
 Multi-process: each process feeds its share of the global batch.
 """
 
+import dataclasses
 import json
+import math
 import os
 import signal
 import threading
@@ -166,19 +169,94 @@ def _write_samples(exp: Experiment, state: TrainState, step: int, real: np.ndarr
   return path
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """The values a numeric config field may take: an integer or a finite number between
+  `low` and `high` (`low` allowed unless low_open, `high` excluded unless high_closed)."""
+  integer: bool = False
+  low: float = -math.inf
+  high: float = math.inf
+  low_open: bool = False
+  high_closed: bool = False
+  optional: bool = False  # may be missing or None (a default applies)
+  sequence: bool = False  # a non-empty list of such values (or one value)
 
-POSITIVE_INT_FIELDS = ("num_steps", "log_every", "data.batch_size", "checkpoint.every",
-                       "checkpoint.keep", "sample.every", "sample.num_png")
+  def accepts(self, value: Any) -> bool:
+    if self.sequence and isinstance(value, (list, tuple)):
+      return bool(value) and all(self.scalar().accepts(v) for v in value)
+    number = (int, np.integer) if self.integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, number):
+      return False
+    return (math.isfinite(value) and (value > self.low if self.low_open else value >= self.low)
+            and (value <= self.high if self.high_closed else value < self.high))
+
+  def scalar(self) -> "Range":
+    return dataclasses.replace(self, sequence=False)
+
+  def describe(self) -> str:
+    kind = "integer" if self.integer else "finite number"
+    what = (f"a non-empty list of {kind}s" if self.sequence else
+            f"an {kind}" if self.integer else f"a {kind}")
+    if math.isinf(self.low) and math.isinf(self.high):
+      return what
+    if math.isinf(self.high):
+      return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+    return (f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+            f"{']' if self.high_closed else ')'}")
+
+
+_COUNT, _SIZE = Range(integer=True, low=1), Range(integer=True, low=0)
+_POSITIVE, _NON_NEGATIVE = Range(low=0, low_open=True), Range(low=0)
+_DECAY = Range(low=0, high=1)
+_optional = lambda r: dataclasses.replace(r, optional=True)
+# Every numeric field of a training config outside the data, model and encoder sections
+# (checked where they are built), with its range: `validate_config` checks them all before
+# any work, so a NaN learning rate or an EMA decay of 2 fails in one line, not hours later.
+NUMERIC_FIELDS = {
+    "seed": Range(integer=True), "num_steps": _COUNT, "log_every": _COUNT,
+    "data.batch_size": _COUNT,
+    "gen_batch_size": _optional(_SIZE),  # generated samples per step; 0: data.batch_size
+    "ema_decay": _DECAY,
+    "optimizer.learning_rate": _POSITIVE, "optimizer.end_value": _optional(_NON_NEGATIVE),
+    "optimizer.warmup_steps": _SIZE, "optimizer.weight_decay": _NON_NEGATIVE,
+    "optimizer.b1": _DECAY, "optimizer.b2": _DECAY,
+    "optimizer.grad_clip": _optional(_NON_NEGATIVE),  # 0 or None: no clipping
+    # drift.LossConfig's numeric fields (its defaults apply to missing ones)
+    "loss.temperatures": Range(low=0, low_open=True, optional=True, sequence=True),
+    "loss.step_size": _optional(_POSITIVE), "loss.floor": _optional(_DECAY),
+    "loss.num_lookahead": _optional(_SIZE), "loss.memory_budget_mb": _optional(_NON_NEGATIVE),
+    "loss.term_weights": Range(optional=True, sequence=True),
+    "loss.group_chunk": _optional(_SIZE), "loss.block_size": _optional(_COUNT),
+    "mesh.num_model": _COUNT,
+    "checkpoint.every": _COUNT, "checkpoint.keep": _COUNT,
+    "sample.every": _COUNT, "sample.num_png": _COUNT, "sample.batch_size": _optional(_COUNT),
+    # class-conditional runs only (guidance.Guidance checks how they fit together)
+    "conditional.labels_per_step": _optional(_SIZE),
+    "conditional.gen_per_label": _optional(Range(integer=True, low=2)),
+    "conditional.neg_per_label": _optional(_SIZE),
+    "conditional.cfg_min": _optional(Range(low=1)),
+    "conditional.cfg_max": _optional(Range(low=1)),
+    "conditional.cfg_power": _optional(Range()),
+    "conditional.no_cfg_fraction": _optional(Range(low=0, high=1, high_closed=True)),
+}
+
+
+def _lookup(config: ConfigDict, key: str) -> Any:
+  """config's dotted `key`, or None where a part is missing."""
+  value = config
+  for part in key.split("."):
+    value = value.get(part) if isinstance(value, (dict, ConfigDict)) else None
+  return value
 
 
 def validate_config(config: ConfigDict) -> str:
-  """UserError for config values no run can use; returns the non-finite policy."""
-  for key in POSITIVE_INT_FIELDS:
-    value = config
-    for part in key.split("."):
-      value = value.get(part) if isinstance(value, (dict, ConfigDict)) else None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise cli.UserError(f"config.{key}={value!r}: expected an integer >= 1.")
+  """UserError naming the first config value no run can use; returns the non-finite policy."""
+  for key, allowed in NUMERIC_FIELDS.items():
+    value = _lookup(config, key)
+    if allowed.optional and value is None:
+      continue
+    if not allowed.accepts(value):
+      raise cli.UserError(f"config.{key}={value!r}: expected {allowed.describe()}.")
   policy = config.get("nonfinite", NONFINITE_DEFAULT)
   if policy not in NONFINITE_POLICIES:
     raise cli.UserError(f"config.nonfinite={policy!r}: expected one of {NONFINITE_POLICIES}.")
@@ -194,6 +272,21 @@ def _checked_inputs(config: ConfigDict) -> tuple[Experiment, dict[str, Any], np.
            for k, v in probe.items()}
   _, metric_shapes = jax.eval_shape(exp.step_fn, exp.state, batch, exp.encoder_params)
   return exp, empty_window(metric_shapes), _real_reference(config, config.sample.num_png)
+
+
+def schedule_change(saved: dict[str, Any], config: ConfigDict, step: int) -> str:
+  """", and ..." when a resume at `step` changes num_steps under a cosine schedule: the decay
+  spans num_steps, so it is stretched (or shortened) and the learning rate jumps."""
+  old_steps = saved.get("num_steps")
+  if (not step or not isinstance(old_steps, int) or old_steps == config.num_steps
+      or config.optimizer.schedule != "cosine"):
+    return ""
+  old, new = (float(experiment_lib.create_optimizer(c)[1](step))
+              for c in (ConfigDict(saved), config))
+  how = "stretched" if config.num_steps > old_steps else "shortened"
+  return (f", and the learning-rate schedule changes: the cosine decay is {how} from "
+          f"{old_steps} to {config.num_steps} steps (learning rate at step {step}: "
+          f"{old:.3g} -> {new:.3g})")
 
 
 def _has_checkpoints(ckpt_dir: str) -> bool:
@@ -232,8 +325,9 @@ def _train_locked(exp: Experiment, workdir: str, policy: str,
   """`run` once the inputs are checked and the workdir is locked."""
   config, lead = exp.config, jax.process_index() == 0
   ckpt_dir = os.path.join(workdir, "checkpoints")
+  saved_config = workdir_lib.read_config(workdir)
   changes = workdir_lib.check_config(
-      workdir_lib.read_config(workdir), json.loads(config_json),
+      saved_config, json.loads(config_json),
       resuming=_has_checkpoints(ckpt_dir), allow_change=allow_config_change, workdir=workdir)
   manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
                                       save_every=config.checkpoint.every,
@@ -260,8 +354,9 @@ def _train_locked(exp: Experiment, workdir: str, policy: str,
       logging.info("Dropped %d records past step %d from %s.", dropped, start, writer_path)
     kept = workdir_lib.write_config(workdir, config_json, start)
     if changes:
-      logging.warning("Config changed since the last run (%s); the old one is in %s.",
-                      "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), kept)
+      logging.warning("Config changed since the last run (%s)%s; the old one is in %s.",
+                      "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+                      schedule_change(saved_config, config, start), kept)
   writer = metrics_io.MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
   dataset = experiment_lib.create_dataset(config, start)
   num_steps = config.num_steps

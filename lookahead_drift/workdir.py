@@ -7,8 +7,10 @@ host is taken over (with a warning). A lock naming another host is never taken o
 On resume, fields that change what the run computes (data, model, encoder, loss, seed,
 optimizer, EMA, ...) must equal the saved WORKDIR/config.json unless changes are allowed;
 HARMLESS fields (logging, checkpoint and sample cadence, num_steps, TensorBoard, mesh, the
-non-finite policy) may change. Every change is recorded: the old config.json goes to
-WORKDIR/config_history/ and the new one replaces it.
+non-finite policy) may change, though a new num_steps stretches or shortens a cosine
+learning-rate schedule (the resume warning says so, with the rate before and after). Every
+change is recorded: the old config.json goes to WORKDIR/config_history/ and the new one
+replaces it.
 """
 
 import dataclasses

@@ -33,6 +33,11 @@ def fixture_files(tmp_path_factory) -> dict[str, pathlib.Path]:
   (root / "not_zip.npz").write_text("hello")
   np.save(root / "array.npy", np.zeros((3, 8, 8, 3), np.uint8))
   (root / "a_file").write_text("x")
+  (root / "syntax.py").write_text("def get_config(:\n  pass\n")
+  (root / "name_error.py").write_text("def get_config():\n  return undefined_name\n")
+  np.savez(root / "images.npz", images=np.zeros((3, 8, 8, 3), np.uint8))
+  np.savez(root / "stats6.npz", mu=np.zeros(6), sigma=np.eye(6), count=10)
+  np.savez(root / "minus_identity.npz", mu=np.zeros(6), sigma=-np.eye(6), count=10)
   return {"root": root, "not_zip": root / "not_zip.npz", "npy": root / "array.npy",
           "file": root / "a_file"}
 
@@ -53,11 +58,39 @@ CASES = {
                               "{root}/w5"),
     "train_negative_steps": (["-m", "lookahead_drift.train", *TOY, "--workdir={root}/w6",
                               "--config.num_steps=-5"], "config.num_steps=-5", "{root}/w6"),
+    "train_empty_temperatures": (["-m", "lookahead_drift.train", *TOY, "--workdir={root}/w12",
+                                  "--config.loss.temperatures="],
+                                 "config.loss.temperatures=('',): expected a non-empty list",
+                                 "{root}/w12"),
+    "train_nan_learning_rate": (["-m", "lookahead_drift.train", *TOY, "--workdir={root}/w13",
+                                 "--config.optimizer.learning_rate=nan"],
+                                "config.optimizer.learning_rate=nan: expected a finite number",
+                                "{root}/w13"),
+    "train_config_syntax_error": (["-m", "lookahead_drift.train", "--config={root}/syntax.py",
+                                   "--workdir={root}/w15"], "--config={root}/syntax.py: the "
+                                  "config file failed: SyntaxError: ", "{root}/w15"),
+    "train_config_name_error": (["-m", "lookahead_drift.train",
+                                 "--config={root}/name_error.py", "--workdir={root}/w16"],
+                                "--config={root}/name_error.py: the config file failed: "
+                                "NameError: name 'undefined_name' is not defined "
+                                "({root}/name_error.py, line 2)", "{root}/w16"),
+    "train_config_bad_argument": (["-m", "lookahead_drift.train",
+                                   "--config=configs/toy2d.py:bogus", "--workdir={root}/w17"],
+                                  "--config=configs/toy2d.py:bogus: the config file failed: "
+                                  "ValueError: configs/toy2d.py: unknown argument 'bogus'",
+                                  "{root}/w17"),
+    "train_misspelled_key": (["-m", "lookahead_drift.train", *TOY, "--workdir={root}/w18",
+                              "--config.data.batchsize=3"],
+                             "--config.data.batchsize: the config has no field 'batchsize'. "
+                             'Did you mean "batch_size" instead of "batchsize"?', "{root}/w18"),
     "train_encoder_missing_config": (["-m", "lookahead_drift.train_encoder",
                                       "--config=configs/nope.py", "--workdir={root}/w7"],
                                      "configs/nope.py", "{root}/w7"),
     "sample_zero_samples": (["-m", "lookahead_drift.sample", *TOY[:1], "--workdir={root}/w8",
                              "--num_samples=0"], "--num_samples=0", "{root}/w8"),
+    "sample_out_not_npz": (["-m", "lookahead_drift.sample", "--workdir={root}/w14",
+                            "--out={root}/s.txt"], "--out={root}/s.txt: expected a path "
+                           "ending in .npz", "{root}/s.txt"),
     "sample_misspelled_workdir": (["-m", "lookahead_drift.sample", *TOY[:1],
                                    "--workdir={root}/w9"], "does not exist", "{root}/w9"),
     "evaluate_misspelled_workdir": (["-m", "lookahead_drift.evaluate",
@@ -70,6 +103,12 @@ CASES = {
                 "{root}/array.npy is a single .npy array", None),
     "fid_missing": (["-m", "lookahead_drift.fid", "{root}/none.npz", "{root}/array.npy"],
                     "no file at {root}/none.npz", None),
+    "fid_stats_dimension": (["-m", "lookahead_drift.fid", "{root}/images.npz",
+                             "{root}/stats6.npz"], "{root}/stats6.npz holds 6-dimensional "
+                            "statistics, but images give 2048-dimensional", None),
+    "fid_stats_not_psd": (["-m", "lookahead_drift.fid", "{root}/minus_identity.npz",
+                           "{root}/stats6.npz"], "{root}/minus_identity.npz: sigma is not "
+                          "positive semi-definite", None),
     "fid_one_input": (["-m", "lookahead_drift.fid", "{root}/array.npy"], "expected two inputs",
                       None),
     "tool_convert_missing": (["tools/convert_inception.py", "--torchscript={root}/none.pt",
@@ -98,6 +137,14 @@ def test_verbose_shows_the_traceback(tmp_path):
               "--config.num_steps=-5", "--verbose"])
   assert proc.returncode == cli.EXIT_USER_ERROR
   assert "Traceback" in proc.stderr and "config.num_steps=-5" in error_lines(proc.stderr)[-1]
+
+
+def test_verbose_shows_the_traceback_of_a_config_file_error(files):
+  proc = run(["-m", "lookahead_drift.train", f"--config={files['root']}/name_error.py",
+              f"--workdir={files['root']}/w19", "--verbose"])
+  assert proc.returncode == cli.EXIT_USER_ERROR
+  assert "Traceback" in proc.stderr and "return undefined_name" in proc.stderr
+  assert "NameError: name 'undefined_name'" in error_lines(proc.stderr)[-2]
 
 
 def test_corrupt_checkpoint_is_one_line_without_event_loop_noise(tmp_path):

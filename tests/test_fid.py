@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -177,6 +178,60 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     fid_kid.run([str(tmp_path / "one.npz")])
   with pytest.raises(ValueError, match="--out"):
     fid_kid.run([], ref="fashion_mnist")
+
+
+NAN, EYE3 = float("nan"), np.eye(3)
+BAD_STATS = {
+    "nan_mu": (np.array([NAN, 0, 0]), EYE3, 10, "mu has 1 non-finite value(s)"),
+    "inf_sigma": (np.zeros(3), np.diag([1.0, np.inf, 1.0]), 10,
+                  "sigma has 1 non-finite value(s)"),
+    "minus_identity": (np.zeros(3), -EYE3, 10, "sigma is not positive semi-definite"),
+    "indefinite": (np.zeros(3), np.array([[1.0, 2, 0], [2, 1, 0], [0, 0, 1]]), 10,
+                   "sigma is not positive semi-definite (smallest eigenvalue -1"),
+    "asymmetric": (np.zeros(3), np.array([[1.0, 0.5, 0], [0, 1, 0], [0, 0, 1]]), 10,
+                   "sigma is not symmetric"),
+    "count_0": (np.zeros(3), EYE3, 0, "count=0: expected an integer >= 2"),
+    "count_nan": (np.zeros(3), EYE3, NAN, "count=nan: expected an integer >= 2"),
+    "count_text": (np.zeros(3), EYE3, "many", "count='many': expected an integer >= 2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_STATS))
+def test_statistics_files_are_checked_on_load_naming_the_file(tmp_path, name):
+  mu, sigma, count, expected = BAD_STATS[name]
+  path = tmp_path / f"{name}.npz"
+  np.savez(path, mu=mu, sigma=sigma, count=count)
+  good = tmp_path / "good.npz"
+  np.savez(good, mu=np.zeros(3), sigma=EYE3, count=10)
+  with pytest.raises(ValueError) as error:
+    fid_kid.load_stats(path)
+  assert str(error.value).startswith(f"{path}: ") and expected in str(error.value), error.value
+  with pytest.raises(ValueError, match=re.escape(str(path))):
+    fid_kid.run([str(good), str(path)])
+
+
+def test_statistics_within_round_off_of_a_covariance_load(tmp_path):
+  rng = np.random.default_rng(3)
+  few = fid_kid.stats_from_features(rng.normal(size=(4, 40)) * 1e3)  # rank 3 of 40
+  feats = rng.normal(size=(100, 64)).astype(np.float32)
+  float32 = fid_kid.Stats(feats.mean(0), np.cov(feats, rowvar=False, dtype=np.float32), 100)
+  for name, stats in (("few", few), ("float32", float32)):
+    fid_kid.save_stats(tmp_path / f"{name}.npz", stats)
+    loaded = fid_kid.load_stats(tmp_path / f"{name}.npz")
+    np.testing.assert_array_equal(loaded.sigma, stats.sigma)
+
+
+def test_statistics_dimension_is_checked_before_any_inception_work(tmp_path):
+  fid_kid.save_stats(tmp_path / "s6.npz", fid_kid.Stats(np.zeros(6), np.eye(6), 10))
+  fid_kid.save_stats(tmp_path / "s5.npz", fid_kid.Stats(np.zeros(5), np.eye(5), 10))
+  np.savez(tmp_path / "images.npz", images=np.zeros((4, 8, 8, 3), np.uint8))
+  no_network = lambda: pytest.fail("the Inception network was built")
+  with pytest.raises(ValueError, match=f"{tmp_path}/s6.npz holds 6-dimensional statistics, "
+                     "but images give 2048-dimensional"):
+    fid_kid.compare([str(tmp_path / "images.npz"), str(tmp_path / "s6.npz")], no_network)
+  with pytest.raises(ValueError, match=f"statistics of {tmp_path}/s6.npz and {tmp_path}/s5.npz "
+                     "have different dimensions: 6 and 5"):
+    fid_kid.compare([str(tmp_path / "s6.npz"), str(tmp_path / "s5.npz")], no_network)
 
 
 class _CountingExtractor:

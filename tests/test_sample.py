@@ -17,7 +17,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import load_config, restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import checkpoint, encoder, experiment, inference, pictures, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import checkpoint, cli, encoder, experiment, inference, pictures, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def _sample_command(*args: str) -> subprocess.CompletedProcess:
@@ -93,6 +93,25 @@ def test_sample_cli_config_flag_replaces_the_saved_config(toy_run, tmp_path):
   proc = _sample_command("--config=configs/toy2d.py:smoke", f"--workdir={workdir}",
                          "--num_samples=10", f"--out={tmp_path}/t.npz")
   assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_sample_refuses_non_finite_samples_and_writes_nothing(toy_run, tmp_path,
+                                                              monkeypatch):
+  workdir, _ = toy_run
+  monkeypatch.setattr(inference, "generate", lambda config, params, num, rng, **kw:
+                      np.where(np.arange(num)[:, None] % 2, np.nan, np.ones((num, 2))))
+  with pytest.raises(cli.NonFiniteError, match=r"generator of step 6 \(EMA params\) gave 10 "
+                     r"non-finite values of 20; nothing written \(try --use_ema=false\)\.$"):
+    inference.write_samples(str(workdir), num_samples=10, out=str(tmp_path / "s.npz"))
+  assert not list(tmp_path.iterdir())
+
+
+def test_sample_out_must_be_an_npz_path(tmp_path):
+  for out in ("s.txt", "s", "dir/"):
+    with pytest.raises(cli.UserError, match="expected a path ending in .npz"):
+      inference.write_samples(str(tmp_path / "no_run"), num_samples=10,
+                              out=str(tmp_path / out))
+  assert not list(tmp_path.iterdir())
 
 
 def test_sample_cli_without_config_json_asks_for_config(toy_run, tmp_path):

@@ -1,9 +1,11 @@
 """Train step, resume, config overrides and an end-to-end smoke run of the toy config."""
 
 import importlib
+import io
 import json
 import os
 import pathlib
+import struct
 import subprocess
 import sys
 
@@ -163,8 +165,7 @@ def test_cli_smoke_run_writes_checkpoint_metrics_and_png(tmp_path):
 
 def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
   writer = metrics_io.MetricWriter(str(tmp_path), tensorboard=True)
-  has_tf = importlib.util.find_spec("tensorflow") is not None
-  assert writer.has_tensorboard == has_tf
+  assert writer.has_tensorboard  # clu with TensorFlow, else tensorboardX (a dependency)
   writer.write_scalars(3, {"loss": jnp.float32(1.5), "n": 2})
   writer.write_scalars(4, {"loss": jnp.float32(np.nan), "v": np.array([1.0, np.inf])})
   writer.write_images(3, {"samples": np.zeros((1, 4, 4, 1), np.uint8)})
@@ -173,6 +174,38 @@ def test_metric_writer_writes_jsonl_and_guards_tensorboard(tmp_path):
   strict = lambda token: pytest.fail(f"non-standard JSON token {token}")
   assert [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()] == [
       {"step": 3, "loss": 1.5, "n": 2}, {"step": 4, "loss": None, "v": [1.0, None]}]
+
+
+def read_events(logdir: pathlib.Path) -> list:
+  """The Event protos of the TensorBoard files under `logdir` (TFRecord framing: length,
+  its CRC, the data, its CRC), read without TensorFlow."""
+  from tensorboardX.proto import event_pb2  # pylint: disable=g-import-not-at-top
+  events = []
+  for path in sorted(logdir.rglob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos:pos + 8])
+      events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+      pos += 12 + length + 4
+  return events
+
+
+def test_tensorboardx_writes_scalars_and_images_tensorboard_reads(tmp_path):
+  writer = metrics_io.TensorBoardXWriter(str(tmp_path))
+  writer.write_scalars(3, {"loss": jnp.float32(1.5), "v": [1.0, None], "name": "text"})
+  writer.write_scalars(5, {"loss": 0.25})
+  grid = np.random.default_rng(0).integers(0, 256, (1, 5, 7, 3), dtype=np.uint8)
+  writer.write_images(5, {"samples": grid})
+  writer.close()
+  values = [(e.step, v) for e in read_events(tmp_path) for v in e.summary.value]
+  scalars = {(step, v.tag): v.simple_value for step, v in values if v.HasField("simple_value")}
+  assert set(scalars) == {(3, "loss"), (3, "v/0"), (3, "v/1"), (5, "loss")}
+  assert (scalars[(3, "loss")], scalars[(3, "v/0")], scalars[(5, "loss")]) == (1.5, 1.0, 0.25)
+  assert np.isnan(scalars[(3, "v/1")])
+  [image] = [v.image for step, v in values if step == 5 and v.tag == "samples"]
+  assert (image.height, image.width, image.colorspace) == (5, 7, 3)
+  np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(image.encoded_image_string))),
+                                grid[0])
 
 
 def test_truncate_after_drops_later_and_torn_records(tmp_path):
@@ -255,6 +288,61 @@ def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
   assert steps and f"checkpoints/{steps[-1]}" in last
 
 
+def with_value(config: ml_collections.ConfigDict, key: str, value) -> ml_collections.ConfigDict:
+  """A copy of `config` with dotted `key` set to `value`, of whatever type (no type check)."""
+  tree = config.to_dict()
+  *parents, last = key.split(".")
+  node = tree
+  for part in parents:
+    node = node[part]
+  node[last] = value
+  return ml_collections.ConfigDict(tree)
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("optimizer.learning_rate", -1.0, "a finite number > 0"),
+    ("optimizer.learning_rate", float("nan"), "a finite number > 0"),
+    ("optimizer.learning_rate", float("inf"), "a finite number > 0"),
+    ("optimizer.end_value", -1e-3, "a finite number >= 0"),
+    ("optimizer.warmup_steps", -1, "an integer >= 0"),
+    ("optimizer.warmup_steps", 2.0, "an integer >= 0"),
+    ("optimizer.weight_decay", -0.1, "a finite number >= 0"),
+    ("optimizer.b1", 1.0, "a finite number in [0, 1)"),
+    ("optimizer.b2", -0.5, "a finite number in [0, 1)"),
+    ("optimizer.grad_clip", float("nan"), "a finite number >= 0"),
+    ("ema_decay", 2.0, "a finite number in [0, 1)"),
+    ("loss.temperatures", (), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", ("",), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", (0.1, float("nan")), "a non-empty list of finite numbers > 0"),
+    ("loss.temperatures", (0.1, 0.0), "a non-empty list of finite numbers > 0"),
+    ("loss.step_size", float("nan"), "a finite number > 0"),
+    ("loss.step_size", 0.0, "a finite number > 0"),
+    ("gen_batch_size", -1, "an integer >= 0"),
+    ("gen_batch_size", 2.5, "an integer >= 0"),
+    ("seed", 1.5, "an integer"),
+    ("seed", True, "an integer"),
+    ("sample.batch_size", 0, "an integer >= 1"),
+])
+def test_bad_numeric_config_value_fails_before_any_work(tmp_path, key, value, expected):
+  config = with_value(smoke_config(), key, value)
+  with pytest.raises(cli.UserError) as error:
+    train_loop.validate_config(config)
+  message = str(error.value)
+  assert message == f"config.{key}={value!r}: expected {expected}.", message
+  assert "\n" not in message
+  with pytest.raises(cli.UserError, match=f"config.{key}="):
+    train_loop.run(config, str(tmp_path / "wd"))
+  assert not (tmp_path / "wd").exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("gen_batch_size", 0), ("gen_batch_size", 64), ("optimizer.grad_clip", None),
+    ("optimizer.grad_clip", 0), ("loss.temperatures", 0.5), ("loss.temperatures", [0.1, 2]),
+    ("ema_decay", 0.0), ("optimizer.b2", 0.999999), ("seed", -3)])
+def test_good_numeric_config_values_pass(key, value):
+  assert train_loop.validate_config(with_value(smoke_config(), key, value)) == "stop"
+
+
 @pytest.mark.parametrize("name", sorted(
     p.stem for p in (REPO / "configs").glob("*.py")
     if p.stem not in ("__init__", "common") and not p.stem.startswith("encoder_")))
@@ -262,6 +350,7 @@ def test_every_training_config_builds_its_generator_loss_and_optimizer(name):
   """Each configs/*.py a user can pass to `train` yields a valid generator, loss and optimizer
   (a bad field fails here, not an hour into a launch)."""
   config = load_config(name)
+  train_loop.validate_config(config)
   models.create_generator(config.model)
   experiment.create_loss_config(config)
   experiment.create_optimizer(config)

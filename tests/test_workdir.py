@@ -13,7 +13,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from test_train import smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from lookahead_drift import cli, train_loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lookahead_drift import cli, experiment, train_loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 OVERRIDES = {"num_steps": 3, "sample.every": 1000}
 
@@ -93,6 +93,16 @@ def test_harmless_config_change_is_allowed_and_recorded(trained):
   saved = json.loads((trained / "config.json").read_text())
   assert (saved["num_steps"], saved["log_every"], saved["checkpoint"]["every"]) == (6, 3, 2)
   assert len(list((trained / "config_history").iterdir())) == 1
+
+
+def test_resume_with_another_num_steps_says_the_cosine_schedule_changes(trained, caplog):
+  config = smoke_config(**{**OVERRIDES, "num_steps": 6})
+  train_loop.run(config, str(trained))
+  old, new = (float(experiment.create_optimizer(smoke_config(num_steps=n))[1](3))
+              for n in (3, 6))
+  assert old != new
+  assert (f"the cosine decay is stretched from 3 to 6 steps (learning rate at step 3: "
+          f"{old:.3g} -> {new:.3g})") in caplog.text
 
 
 def test_config_changes_classify_fields():
