@@ -1,14 +1,13 @@
 """A fast sample-quality proxy: Fréchet distance and KID in a small classifier's feature space.
 
 An Inception FID costs ~5 min per 2,000 images on a 2-core CPU; this costs seconds. The
-feature net is a LeNet-style classifier (5×5 convs of 20 and 50 channels,
-max pooling, ReLU, a 256-d hidden layer)
-that no training config drifts in: its own architecture, seed and training, frozen once
-trained, and its weights' SHA-256 goes into every score so numbers from different nets are
-never compared. How well it agrees with Inception FID is measured in
+feature net is a LeNet-style classifier (5×5 convs of 20 and 50 channels, max pooling, ReLU, a
+256-d hidden layer) that no training config drifts in: its own architecture, seed and
+training, frozen once trained, and its weights' SHA-256 goes into every score so numbers from
+different nets are never compared. How well it agrees with Inception FID is measured in
 experiments/fashion_mnist/recipe/README.md.
 
-  net = proxy_metric.train(data_dir, out_path)       # ~3 min on one core
+  proxy_metric.train(data_dir, out_path)        # ~7 min on one core
   scorer = proxy_metric.load(out_path)
   scores = scorer.score(samples_uint8, scorer.features(test_uint8))
 """
@@ -170,7 +169,8 @@ def load(path: str) -> Scorer:
   """The ProxyNet saved by `train`; ValueError if the file is not one."""
   if not os.path.isfile(path):
     raise FileNotFoundError(f"No proxy net at {path!r}: train one with "
-                            "`python -m lookahead_drift.proxy_metric --out=PATH`.")
+                            "`python experiments/fashion_mnist/recipe/train_proxy.py "
+                            "--out=PATH`.")
   with open(path, "rb") as f:
     data = np.load(io.BytesIO(f.read()))
   flat = {k[len("param:"):]: data[k] for k in data.files if k.startswith("param:")}
@@ -183,18 +183,3 @@ def load(path: str) -> Scorer:
   leaves = [jnp.asarray(flat[k]) for k in _flat(template)]  # same (flatten) order
   params = jax.tree_util.tree_unflatten(treedef, leaves)
   return Scorer(model, params, _sha256(flat), float(data["test_accuracy"]))
-
-
-def main(argv: list[str] | None = None) -> None:
-  import argparse  # pylint: disable=g-import-not-at-top
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True, help="where to write the .npz")
-  parser.add_argument("--data_dir", default=None)
-  parser.add_argument("--num_steps", type=int, default=3000)
-  parser.add_argument("--seed", type=int, default=1234)
-  args = parser.parse_args(argv)
-  train(args.data_dir, args.out, seed=args.seed, num_steps=args.num_steps)
-
-
-if __name__ == "__main__":
-  main()
