@@ -143,16 +143,12 @@ class Scorer:
             kid_subsets: int = 100) -> dict[str, Any]:
     """Proxy FD and KID of `images` against reference features, with the net's digest."""
     feats = self.features(images)
-    fd = fid_kid.frechet_distance(*_moments(feats), *_moments(reference_features))
+    fd = fid_kid.fid_from_stats(fid_kid.stats_from_features(feats),
+                                fid_kid.stats_from_features(reference_features))
     kid_mean, kid_std = fid_kid.kid(feats, reference_features, num_subsets=kid_subsets)
     return dict(proxy_fd=float(fd), proxy_kid=kid_mean, proxy_kid_std=kid_std,
                 proxy_num_samples=len(images), proxy_num_reference=len(reference_features),
                 proxy_sha256=self.sha256)
-
-
-def _moments(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  feats = np.asarray(feats, np.float64)
-  return feats.mean(0), np.cov(feats, rowvar=False)
 
 
 _JITTED: dict[tuple[int, bool], Any] = {}
