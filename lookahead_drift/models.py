@@ -1,6 +1,6 @@
-"""One-step generators (Flax Linen): an MLP for 2-D toys and a small U-Net for images.
+"""One-step generators (Flax Linen): an MLP for 2-D toys, a small U-Net and a small DiT for images.
 
-Both map noise (plus optional class labels and guidance scale alpha) to a sample in one
+All map noise (plus optional class labels and guidance scale alpha) to a sample in one
 forward pass. `dtype` sets the compute precision; parameters are always float32 and outputs
 are returned as float32 so that the loss is computed in full precision.
 """
@@ -90,6 +90,11 @@ def _group_norm(x: jax.Array, dtype: Any, name: str | None = None) -> jax.Array:
                       param_dtype=jnp.float32, name=name)(x)
 
 
+def _check_output_activation(name: str) -> None:
+  if name not in ("tanh", "none"):
+    raise ValueError(f"output_activation={name!r}; expected 'tanh' or 'none'.")
+
+
 class ResBlock(nn.Module):
   """GroupNorm-SiLU-Conv twice with a skip; the condition scales and shifts the second
   normalised activation (after the norm: a shift before it would be normalised away)."""
@@ -152,9 +157,7 @@ class UNetGenerator(nn.Module):
     if noise.ndim != 4 or noise.shape[1] % factor or noise.shape[2] % factor:
       raise ValueError(f"UNetGenerator: noise shape {noise.shape} must be [B, H, W, C] with "
                        f"H, W divisible by {factor} (channel_mults={self.channel_mults}).")
-    if self.output_activation not in ("tanh", "none"):
-      raise ValueError(f"output_activation={self.output_activation!r}; expected 'tanh' or "
-                       "'none'.")
+    _check_output_activation(self.output_activation)
     conv = lambda n, **kw: nn.Conv(n, (3, 3), dtype=self.dtype, param_dtype=jnp.float32, **kw)
     block = lambda n: ResBlock(n, dtype=self.dtype)
     cond = ConditionEmbedding(4 * self.base_channels, self.num_classes,
@@ -189,6 +192,85 @@ class UNetGenerator(nn.Module):
     return jnp.tanh(out) if self.output_activation == "tanh" else out
 
 
+class DiTBlock(nn.Module):
+  """Pre-norm transformer block with adaLN-Zero (Peebles & Xie, 2023): the condition sets each
+  LayerNorm's scale and shift and gates both residual branches; the gates start at zero, so
+  every block starts as the identity."""
+
+  num_heads: int
+  mlp_ratio: int = 4
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    mod = nn.Dense(6 * width, dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=nn.initializers.zeros, name="adaln")(nn.silu(cond))
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(mod[:, None, :], 6, -1)
+    norm = lambda name: nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
+                                     param_dtype=jnp.float32, name=name)
+    h = norm("norm1")(x) * (1.0 + scale1) + shift1
+    h = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
+                                        param_dtype=jnp.float32)(h, h)
+    x = x + gate1 * h
+    h = norm("norm2")(x) * (1.0 + scale2) + shift2
+    h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, param_dtype=jnp.float32)(h)
+    h = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32)(nn.gelu(h))
+    return x + gate2 * h
+
+
+class DiTGenerator(nn.Module):
+  """Noise image [B, H, W, C_in] -> image [B, H, W, out_channels] by a small DiT: p x p patches
+  as tokens with a learned position embedding, `depth` adaLN-Zero blocks conditioned on label
+  and alpha (a learned vector when unconditional), a linear map back to pixels."""
+
+  out_channels: int = 1
+  patch_size: int = 4
+  width: int = 128
+  depth: int = 4
+  num_heads: int = 4
+  mlp_ratio: int = 4
+  num_classes: int = 0
+  alpha_conditioning: bool = False
+  output_activation: str = "tanh"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, noise: jax.Array, labels: jax.Array | None = None,
+               alpha: jax.Array | None = None) -> jax.Array:
+    p = self.patch_size
+    if noise.ndim != 4 or noise.shape[1] % p or noise.shape[2] % p:
+      raise ValueError(f"DiTGenerator: noise shape {noise.shape} must be [B, H, W, C] with "
+                       f"H, W divisible by patch_size={p}.")
+    _check_output_activation(self.output_activation)
+    if self.width % self.num_heads:
+      raise ValueError(f"DiTGenerator: width={self.width} is not divisible by "
+                       f"num_heads={self.num_heads}.")
+    b, height, width, _ = noise.shape
+    gh, gw = height // p, width // p
+    tokens = noise.astype(self.dtype).reshape(b, gh, p, gw, p, -1).transpose(0, 1, 3, 2, 4, 5)
+    x = nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32, name="patch_embed")(
+        tokens.reshape(b, gh * gw, -1))
+    x = x + self.param("pos_embed", nn.initializers.normal(0.02), (gh * gw, self.width))
+    cond = ConditionEmbedding(self.width, self.num_classes, self.alpha_conditioning,
+                              self.dtype)(b, labels, alpha)
+    if cond is None:  # Unconditional: adaLN from one learned vector, a per-block modulation.
+      cond = jnp.broadcast_to(self.param("null_cond", nn.initializers.normal(1.0),
+                                         (self.width,)), (b, self.width)).astype(self.dtype)
+    for i in range(self.depth):
+      x = DiTBlock(self.num_heads, self.mlp_ratio, self.dtype, name=f"block_{i}")(x, cond)
+    shift, scale = jnp.split(nn.Dense(2 * self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                                      kernel_init=nn.initializers.zeros,
+                                      name="final_adaln")(nn.silu(cond))[:, None, :], 2, -1)
+    x = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
+                     param_dtype=jnp.float32)(x) * (1.0 + scale) + shift
+    x = nn.Dense(p * p * self.out_channels, dtype=self.dtype, param_dtype=jnp.float32,
+                 name="to_pixels")(x)
+    out = x.reshape(b, gh, gw, p, p, self.out_channels).transpose(0, 1, 3, 2, 4, 5)
+    out = out.reshape(b, height, width, self.out_channels).astype(jnp.float32)
+    return jnp.tanh(out) if self.output_activation == "tanh" else out
+
+
 def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
   """A config field that must be a sequence of positive integers (a ValueError otherwise)."""
   value = _field(config, key, default)
@@ -205,8 +287,9 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
 
   mlp fields: noise_dim (2), hidden, out_dim (2), activation ("silu"). unet fields:
   image_shape (H, W, C, required), noise_channels (C), base_channels, channel_mults,
-  num_res_blocks, attention, output_activation. Both: num_classes (0), alpha_conditioning
-  (False), dtype ("float32").
+  num_res_blocks, attention, output_activation. dit fields: image_shape, noise_channels,
+  patch_size (4), width (128), depth (4), num_heads (4), mlp_ratio (4), output_activation.
+  All: num_classes (0), alpha_conditioning (False), dtype ("float32").
   """
   name = _field(model_config, "name", None)
   dtype_name = _field(model_config, "dtype", "float32")
@@ -224,21 +307,31 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
                           out_dim=int(_field(model_config, "out_dim", 2)),
                           activation=activation, **common)
     return module, (int(_field(model_config, "noise_dim", 2)),)
-  if name == "unet":
-    image_shape = _field(model_config, "image_shape", None)
-    if image_shape is None or len(image_shape) != 3:
-      raise ValueError(f"model_config.image_shape={image_shape!r}; expected (H, W, C).")
-    height, width, channels = (int(s) for s in image_shape)
-    module = UNetGenerator(
-        out_channels=channels,
-        base_channels=int(_field(model_config, "base_channels", 32)),
-        channel_mults=_positive_ints(model_config, "channel_mults", (1, 2, 2)),
-        num_res_blocks=int(_field(model_config, "num_res_blocks", 1)),
-        attention=bool(_field(model_config, "attention", True)),
-        output_activation=str(_field(model_config, "output_activation", "tanh")),
-        **common)
-    return module, (height, width, int(_field(model_config, "noise_channels", channels)))
-  raise ValueError(f"model_config.name={name!r}; expected 'mlp' or 'unet'.")
+  if name not in ("unet", "dit"):
+    raise ValueError(f"model_config.name={name!r}; expected 'mlp', 'unet' or 'dit'.")
+  image_shape = _field(model_config, "image_shape", None)
+  if image_shape is None or len(image_shape) != 3:
+    raise ValueError(f"model_config.image_shape={image_shape!r}; expected (H, W, C).")
+  height, width, channels = (int(s) for s in image_shape)
+  output_activation = str(_field(model_config, "output_activation", "tanh"))
+  noise_shape = (height, width, int(_field(model_config, "noise_channels", channels)))
+  if name == "dit":
+    module = DiTGenerator(
+        out_channels=channels, patch_size=int(_field(model_config, "patch_size", 4)),
+        width=int(_field(model_config, "width", 128)),
+        depth=int(_field(model_config, "depth", 4)),
+        num_heads=int(_field(model_config, "num_heads", 4)),
+        mlp_ratio=int(_field(model_config, "mlp_ratio", 4)),
+        output_activation=output_activation, **common)
+    return module, noise_shape
+  module = UNetGenerator(
+      out_channels=channels,
+      base_channels=int(_field(model_config, "base_channels", 32)),
+      channel_mults=_positive_ints(model_config, "channel_mults", (1, 2, 2)),
+      num_res_blocks=int(_field(model_config, "num_res_blocks", 1)),
+      attention=bool(_field(model_config, "attention", True)),
+      output_activation=output_activation, **common)
+  return module, noise_shape
 
 
 def example_conditions(model_config: Any, n: int) -> dict[str, jax.Array]:

@@ -34,6 +34,10 @@ ARMS = {
     "base_seed1": ({"seed": 1}, "base"),
     "no_locations": ({"encoder.include_locations": False}, "base"),
     "lr_const": ({"optimizer.schedule": "constant"}, "base"),
+    "temp_0.05": ({"loss.temperatures": (0.05,)}, "base"),
+    "width24": ({"model.base_channels": 24}, "base"),
+    "dit": ({"model.name": "dit", "model.patch_size": 4, "model.width": 128, "model.depth": 4,
+             "model.num_heads": 4}, "base"),
 }
 
 
