@@ -6,6 +6,8 @@ split along their last axis over "model".
 """
 
 import os
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -13,6 +15,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from lookahead_drift import cli
 
 PyTree = Any
 
@@ -88,13 +92,53 @@ def to_host(tree: PyTree) -> PyTree:
   return jax.device_get(tree)
 
 
+def _exit_with(message: str, code: int) -> None:
+  print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr, flush=True)
+  os._exit(code)  # pylint: disable=protected-access
+
+
 def maybe_initialize_distributed(coordinator_address: str | None, num_processes: int | None,
-                                 process_id: int | None) -> None:
-  """Joins a multi-process run when flags or a detectable cluster environment say so."""
+                                 process_id: int | None, timeout_s: int = 300) -> None:
+  """Joins a multi-process run when flags or a detectable cluster environment say so.
+
+  Flags alone must be complete: --num_processes or --process_id without a coordinator (and no
+  cluster environment) would silently train one separate run per host, so it is a ValueError,
+  as is a process_id outside [0, num_processes). Joining logs whom it waits for; a run not
+  joined within `timeout_s` seconds ends the process with one line on stderr and exit 2.
+  """
   cluster_env = any(int(os.environ.get(k, "1")) > 1
                     for k in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"))
-  if coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or cluster_env:
+  coordinator = coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not (coordinator or cluster_env):
+    given = [f"--{n}={v}" for n, v in (("num_processes", num_processes),
+                                       ("process_id", process_id)) if v is not None]
+    if given:
+      raise ValueError(f"{' '.join(given)} without --coordinator_address (host:port of process "
+                       "0, the same on every process) and no SLURM/Open MPI environment: each "
+                       "process would train a separate run.")
+    return
+  if coordinator and (num_processes is None) != (process_id is None):
+    raise ValueError("--num_processes and --process_id go together (or neither, under a "
+                     "cluster that sets them).")
+  if num_processes is not None and not 0 <= process_id < num_processes:
+    raise ValueError(f"--process_id={process_id} is outside [0, --num_processes="
+                     f"{num_processes}).")
+  where = coordinator or "the coordinator from the cluster environment"
+  logging.info("Joining a multi-process run: process %s of %s at %s; waiting up to %d s for "
+               "every process.", process_id, num_processes, where, timeout_s)
+  # JAX aborts the whole process (a C++ fatal error, ~30 lines) when joining times out, so a
+  # watchdog ends it first with one line and the bad-input exit code.
+  message = (f"no multi-process run joined at {where} within {timeout_s} s: are all "
+             f"{num_processes or 'the'} processes started, with the same --coordinator_address "
+             "(process 0's host:port)?")
+  watchdog = threading.Timer(timeout_s, _exit_with, (message, cli.EXIT_USER_ERROR))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id)
-    logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
-                 jax.process_count(), jax.local_device_count(), jax.device_count())
+                               num_processes=num_processes, process_id=process_id,
+                               initialization_timeout=timeout_s + 60)
+  finally:
+    watchdog.cancel()
+  logging.info("Process %d of %d, %d local / %d global devices.", jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count())
