@@ -21,7 +21,15 @@ def main(argv: list[str]) -> None:
       f.workdir, reference_path=f.reference, num_samples=f.num_samples, step=f.step,
       watch=f.watch, poll_seconds=f.poll_seconds, inception_weights=f.inception_weights,
       batch_size=f.batch_size, use_ema=f.use_ema, seed=f.seed, config=f.config,
-      cfg_scales=f.cfg_scale)
+      cfg_scales=f.cfg_scale, on_record=lambda r: print(_line(r), flush=True))
+
+
+def _line(record: dict) -> str:
+  """One evaluation record as the line the binary prints."""
+  kid = f", KID {record['kid']:.5f} ± {record['kid_std']:.5f}" if "kid" in record else ""
+  scale = f" at α = {record['cfg_scale']:g}" if "cfg_scale" in record else ""
+  return (f"step {record['step']}{scale}: FID {record['fid']:.3f}{kid} "
+          f"({record['num_samples']} samples)")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -90,8 +91,10 @@ def evaluate_run(workdir: str, *, reference_path: str | None = None,
                  batch_size: int = 200, use_ema: bool = True, seed: int = 0,
                  config: ml_collections.ConfigDict | None = None,
                  extractor: inception.FeatureExtractor | None = None,
-                 cfg_scales: list[float] | None = None) -> list[dict]:
-  """Evaluates one checkpoint (or, with `watch`, each new one); returns the records written.
+                 cfg_scales: list[float] | None = None,
+                 on_record: Callable[[dict], None] | None = None) -> list[dict]:
+  """Evaluates one checkpoint (or, with `watch`, each new one); returns the records written,
+  and passes each to `on_record` as soon as it is written (the binary prints them).
 
   The run's config comes from WORKDIR/config.json unless `config` replaces it; the reference
   and sample count default to its config.eval.reference and config.eval.num_samples (50000).
@@ -140,10 +143,8 @@ def evaluate_run(workdir: str, *, reference_path: str | None = None,
     record = {**result, "reference": reference_path}
     writer.write_scalars(got_step, record)
     records.append({"step": got_step, **record})
-    kid = f", KID {result['kid']:.5f} ± {result['kid_std']:.5f}" if "kid" in result else ""
-    scale = f" at α = {alpha:g}" if "cfg_scale" in result else ""
-    print(f"step {got_step}{scale}: FID {result['fid']:.3f}{kid} ({num_samples} samples)",
-          flush=True)
+    if on_record is not None:
+      on_record(records[-1])
 
   try:
     if not watch:

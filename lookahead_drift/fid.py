@@ -8,6 +8,8 @@ A and B are `.npz` files with uint8 images [N, H, W, 1|3] under `images`, or sta
 last line printed is `FID <value>`. The computation is `fid_kid.run`.
 """
 
+import sys
+
 from absl import flags
 
 from lookahead_drift import cli
@@ -16,10 +18,20 @@ from lookahead_drift import fid_kid
 
 def main(argv: list[str]) -> None:
   f = flags.FLAGS
-  fid_kid.run(argv[1:], ref=f.ref, out=f.out, data_dir=f.data_dir, split=f.split,
-              max_images=f.max_images, inception_weights=f.inception_weights,
-              batch_size=f.batch_size, resize=f.resize, fid_method=f.fid_method,
-              kid_subsets=f.kid_subsets, kid_subset_size=f.kid_subset_size)
+  result = fid_kid.run(argv[1:], ref=f.ref, out=f.out, data_dir=f.data_dir, split=f.split,
+                       max_images=f.max_images, inception_weights=f.inception_weights,
+                       batch_size=f.batch_size, resize=f.resize, fid_method=f.fid_method,
+                       kid_subsets=f.kid_subsets, kid_subset_size=f.kid_subset_size)
+  if isinstance(result, fid_kid.Stats):
+    print(f"wrote {f.out}: {result.count} images, weights sha256 {result.weights_sha256}")
+    return
+  for path, count in zip(result.paths, result.counts):
+    print(f"{path}: {count} samples")
+  for warning in result.warnings:
+    print(warning, file=sys.stderr)
+  if result.kid is not None:
+    print(f"KID {result.kid[0]:.6g} (std {result.kid[1]:.3g} over {f.kid_subsets} subsets)")
+  print(f"FID {result.fid:.6f}")
 
 
 if __name__ == "__main__":

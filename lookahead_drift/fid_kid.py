@@ -2,8 +2,8 @@
 `inception.py` (what `python -m lookahead_drift.fid` computes; see fid.py for its commands).
 
 A and B are each an `.npz` with uint8 images [N, H, W, 1|3] under `images`, or statistics saved
-by this module (`mu`, `sigma`, `count`, `weights_sha256`, `resize`). The last line printed is
-`FID <value>`; KID is printed too when both are image sets. Statistics are accumulated in
+by this module (`mu`, `sigma`, `count`, `weights_sha256`, `resize`). `compare` returns FID, and
+KID when both are image sets; the fid binary prints them. Statistics are accumulated in
 float64 over any number of images; the covariance is the unbiased one (ddof=1, as np.cov in
 the reference TTUR and pytorch-fid code). Statistics files are checked on load (finite, a
 covariance within round-off, count >= 2) and their dimension before any Inception work.
@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import sys
 import zipfile
 from collections.abc import Iterable
 from typing import Any
 
+from absl import logging
 import numpy as np
 import scipy.linalg
 
@@ -374,9 +374,9 @@ def dataset_features(name: str, split: str, extractor: Any, *, data_dir: str | N
       with np.load(path) as data:
         feats = data["features"]
       if feats.shape[0] == len(images):
-        print(f"{name} {split}: {len(images)} features from {path}", file=sys.stderr)
+        logging.info("%s %s: %d features from %s", name, split, len(images), path)
         return feats
-  print(f"{name} {split}: {images.shape} images", file=sys.stderr)
+  logging.info("%s %s: Inception features of %s images", name, split, images.shape)
   feats = extractor(images, progress=True)
   if path is not None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -396,16 +396,27 @@ def write_reference_stats(name: str, out: str, extractor: inception.FeatureExtra
                           max_images: int | None = None) -> Stats:
   """Statistics of a data set split (optionally its first `max_images`) saved to `out`."""
   images = _reference_images(name, data_dir, split, max_images)
-  print(f"{name} {split}: {images.shape} images", file=sys.stderr)
+  logging.info("%s %s: Inception statistics of %s images", name, split, images.shape)
   stats = compute_stats(images, extractor, progress=True)
   save_stats(out, stats)
-  print(f"wrote {out}: {stats.count} images, weights sha256 {stats.weights_sha256}")
   return stats
 
 
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+  """What `compare` found: each input's sample count, warnings about the inputs, FID, and KID
+  (mean, std over subsets) when both inputs are image sets."""
+  paths: tuple[str, ...]
+  counts: tuple[int, ...]
+  warnings: tuple[str, ...]
+  fid: float
+  kid: tuple[float, float] | None = None
+
+
 def compare(paths: list[str], make_extractor: Any, *, fid_method: str = "eigh",
-            kid_subsets: int = 100, kid_subset_size: int = 1000) -> float:
-  """Prints each input's count, warnings, KID (two image sets) and last `FID <value>`."""
+            kid_subsets: int = 100, kid_subset_size: int = 1000) -> Comparison:
+  """FID (and KID of two image sets) between two inputs; the network is built only when an
+  input is an image set, after every cheap check."""
   if len(paths) != 2:
     raise ValueError(f"expected two inputs A B (or --ref), got {len(paths)}: {paths}")
   loaded = [load_input(p) for p in paths]
@@ -419,37 +430,35 @@ def compare(paths: list[str], make_extractor: Any, *, fid_method: str = "eigh",
   stats, feats = [], []
   for path, (kind, value) in zip(paths, loaded):
     if kind == "images":
-      print(f"{path}: {value.shape} images", file=sys.stderr)
+      logging.info("%s: Inception features of %s images", path, value.shape)
       f = extractor(value, progress=True)
       feats.append(f)
       stats.append(stats_from_features(f, extractor.weights_sha256, extractor.resize))
     else:
       stats.append(value)
-  for path, s in zip(paths, stats):
-    print(f"{path}: {s.count} samples")
-  for warning in input_warnings(paths, loaded, [s.count for s in stats]):
-    print(warning, file=sys.stderr)
+  counts = tuple(s.count for s in stats)
+  kid_value = None
   if len(feats) == 2:
-    kid_mean, kid_std = kid(*feats, num_subsets=kid_subsets, max_subset_size=kid_subset_size)
-    print(f"KID {kid_mean:.6g} (std {kid_std:.3g} over {kid_subsets} subsets)")
-  value = fid_from_stats(*stats, method=fid_method, names=tuple(paths))
-  print(f"FID {value:.6f}")
-  return value
+    kid_value = kid(*feats, num_subsets=kid_subsets, max_subset_size=kid_subset_size)
+  return Comparison(paths=tuple(paths), counts=counts,
+                    warnings=tuple(input_warnings(paths, loaded, list(counts))),
+                    fid=fid_from_stats(*stats, method=fid_method, names=tuple(paths)),
+                    kid=kid_value)
 
 
 def run(inputs: list[str], *, ref: str | None = None, out: str | None = None,
         data_dir: str | None = None, split: str = "train", max_images: int | None = None,
         inception_weights: str | None = None, batch_size: int = 200, resize: str = "tf1",
-        fid_method: str = "eigh", kid_subsets: int = 100, kid_subset_size: int = 1000) -> None:
-  """The fid binary: reference statistics of data set `ref` into `out`, or FID/KID of two
-  inputs (the extractor is built only when an input is an image set)."""
+        fid_method: str = "eigh", kid_subsets: int = 100,
+        kid_subset_size: int = 1000) -> Stats | Comparison:
+  """What the fid binary computes: reference statistics of data set `ref` written to `out`
+  (returned), or the `Comparison` of two inputs."""
   make_extractor = lambda: inception.FeatureExtractor(inception_weights, batch_size=batch_size,
                                                       resize=resize)
   if ref:
     if inputs or not out:
       raise ValueError("--ref takes no positional inputs and needs --out=PATH")
-    write_reference_stats(ref, out, make_extractor(), data_dir=data_dir, split=split,
-                          max_images=max_images)
-    return
-  compare(inputs, make_extractor, fid_method=fid_method, kid_subsets=kid_subsets,
-          kid_subset_size=kid_subset_size)
+    return write_reference_stats(ref, out, make_extractor(), data_dir=data_dir, split=split,
+                                 max_images=max_images)
+  return compare(inputs, make_extractor, fid_method=fid_method, kid_subsets=kid_subsets,
+                 kid_subset_size=kid_subset_size)
