@@ -76,17 +76,23 @@ def _claim(path: str) -> bool:
   return True
 
 
+def test_images() -> np.ndarray:
+  """The 10,000 Fashion-MNIST test images (uint8), every score's reference."""
+  return input_pipeline.load_images(dict(name="fashion_mnist", split="test"))[0]
+
+
 def save_grid(path: str, images: np.ndarray, scorer) -> None:
   """1,000 samples' class grid: one row per class the proxy net assigns, ten per row."""
   pictures.save_class_rows_png(path, images[:1000], scorer.classify(images[:1000]),
                                classes=range(10))
 
 
-def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_path: str):
+def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_path: str,
+          step: int | None = None):
   """Proxy scores of `num` samples of the EMA and the raw parameters, and a grid of each (one
   row per class the proxy net assigns). At a few hundred steps the EMA (decay 0.999) still
   holds much of the initialisation, so short arms are ranked by the raw parameters."""
-  trained = inference.restore(workdir)
+  trained = inference.restore(workdir, step=step)
   out = {"step": trained.step}
   for which in ("ema", "raw"):
     images = pictures.to_uint8(inference.generate(
@@ -152,8 +158,7 @@ def main(argv=None):
               inference.generate(trained.config, trained.weights(which == "ema"), 1000,
                                  jax.random.PRNGKey(0))), scorer)
     return
-  test, _ = input_pipeline.load_images(dict(name="fashion_mnist", split="test"))
-  reference = scorer.features(test)
+  reference = scorer.features(test_images())
   for name in names:
     result_path = os.path.join(HERE, "results", f"{name}.json")
     if not os.path.isdir(ENCODERS[ARMS[name][1]]):

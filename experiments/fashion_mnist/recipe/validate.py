@@ -20,6 +20,10 @@ guidance: the four sample sets of the guidance study (experiments/fashion_mnist/
 random test images), beside the Inception FIDs it recorded: a second, independent check.
 
 summary: Spearman and Pearson correlation of proxy FD with Inception FID over the sets.
+
+final --samples=DIR/samples.npz: the proxy's FD/KID of every sample of the full-length recipe
+run (written by experiments/fashion_mnist/fit.py) against the 10,000 test images, and the class
+shares under the proxy net (a classifier no training run used), into results/final_proxy.json.
 """
 
 import argparse
@@ -136,11 +140,25 @@ def summary() -> dict:
   return out
 
 
+def final(samples_path: str, scorer) -> dict:
+  with np.load(samples_path) as data:
+    images = data["images"]
+  test = _test_images()
+  out = {"samples": samples_path, "num_samples": int(len(images)),
+         **_proxy(images, scorer.features(test), scorer)}
+  shares = np.bincount(scorer.classify(images), minlength=10) / len(images)
+  out["proxy_class_shares"] = [round(float(x), 4) for x in shares]
+  with open(os.path.join(HERE, "results", "final_proxy.json"), "w") as f:
+    json.dump(out, f, indent=2)
+  return out
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("what", choices=("floor", "inception", "guidance", "summary"))
+  parser.add_argument("what", choices=("floor", "inception", "guidance", "summary", "final"))
   parser.add_argument("--sets", default="")
   parser.add_argument("--n", type=int, default=2000)
+  parser.add_argument("--samples", default=os.path.join(HERE, "final", "samples.npz"))
   parser.add_argument("--runs", default="/work/runs/recipe")
   parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
   args = parser.parse_args()
@@ -150,6 +168,8 @@ def main():
   scorer = proxy_metric.load(args.proxy)
   if args.what == "floor":
     print(json.dumps(floor(scorer), indent=2))
+  elif args.what == "final":
+    print(json.dumps(final(args.samples, scorer), indent=2))
   elif args.what == "guidance":
     print(json.dumps(guidance_sets(scorer), indent=2))
   else:
