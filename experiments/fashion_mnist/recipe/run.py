@@ -36,6 +36,7 @@ ARMS = {
     "lr_const": ({"optimizer.schedule": "constant"}, "base"),
     "temp_0.05": ({"loss.temperatures": (0.05,)}, "base"),
     "width24": ({"model.base_channels": 24}, "base"),
+    "k1": ({"loss.num_lookahead": 1}, "base"),  # lookahead, eq. 6 as written (issue 22)
     "dit": ({"model.name": "dit", "model.patch_size": 4, "model.width": 128, "model.depth": 4,
              "model.num_heads": 4}, "base"),
 }
