@@ -108,9 +108,8 @@ def open_for_reading(directory: str) -> ocp.CheckpointManager:
 
 
 def steps(directory: str) -> list[int]:
-  """The steps of the checkpoints in `directory`, oldest first ([] if it does not exist)."""
-  if not os.path.isdir(directory):
-    return []
+  """The steps of the checkpoints in `directory`, oldest first (a CheckpointError if it does
+  not exist)."""
   manager = open_for_reading(directory)
   try:
     return sorted(manager.all_steps())
@@ -296,7 +295,7 @@ def newest_good(directory: str, target: PyTree | None = None, *,
   Newer corrupt ones are reported and skipped; with `quarantine_dir` they are moved there
   (process 0 moves), but only once an older one is good: if none is, the newest one's error
   is raised and nothing is moved. A checkpoint of a different train state (CheckpointError)
-  is raised at once. `target`, `items`: as in `restore`.
+  is raised at once, as is a missing `directory`. `target`, `items`: as in `restore`.
   """
   failures = []
   for step in reversed(steps(directory)):

@@ -63,7 +63,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of WORKDIR's checkpoints, oldest first ([] if there are none)."""
-  return checkpoint.steps(checkpoint_dir(workdir))
+  directory = checkpoint_dir(workdir)
+  return checkpoint.steps(directory) if os.path.isdir(directory) else []
 
 
 # The train-state fields sampling reads back (and verifies) from a checkpoint.

@@ -278,6 +278,8 @@ def schedule_change(saved: dict[str, Any], config: ConfigDict, step: int) -> str
 
 
 def _has_checkpoints(ckpt_dir: str) -> bool:
+  """Whether `ckpt_dir` holds step directories. Unlike the folder itself, which process 0
+  creates, these appear only after a step of all processes, so all of them agree on this."""
   return os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
 
 
@@ -300,7 +302,8 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
   exp = experiment_lib.create_experiment(config)
   # The data starts at the newest checkpoint (rebuilt below if that one is bad); its first
   # batch traces the step, so bad inputs fail before any file is written.
-  planned = max(checkpoint.steps(os.path.join(workdir, "checkpoints")), default=0)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  planned = max(checkpoint.steps(ckpt_dir), default=0) if _has_checkpoints(ckpt_dir) else 0
   dataset = experiment_lib.create_dataset(config, planned)
   first = next(dataset)
   metric_shapes = _metric_shapes(exp, first)
@@ -332,11 +335,12 @@ def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
   config, ckpt_dir = exp.config, os.path.join(workdir, "checkpoints")
   config_json = config.to_json_best_effort(indent=2)
   saved_config = workdir_lib.read_config(workdir)
-  changes = workdir_lib.check_config(
-      saved_config, json.loads(config_json), resuming=_has_checkpoints(ckpt_dir),
-      allow_change=allow_config_change, workdir=workdir)
-  restored = checkpoint.newest_good(ckpt_dir, exp.state,
-                                    quarantine_dir=os.path.join(workdir, "corrupt_checkpoints"))
+  resuming = _has_checkpoints(ckpt_dir)
+  changes = workdir_lib.check_config(saved_config, json.loads(config_json), resuming=resuming,
+                                     allow_change=allow_config_change, workdir=workdir)
+  quarantine = os.path.join(workdir, "corrupt_checkpoints")
+  restored = (checkpoint.newest_good(ckpt_dir, exp.state, quarantine_dir=quarantine)
+              if resuming else None)
   state, start, window = exp.state, 0, []
   if restored is not None:
     state, start = restored.state, restored.step
