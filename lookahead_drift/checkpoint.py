@@ -2,16 +2,19 @@
 
 The whole train state (step, params, EMA params, optimizer state, RNG) is one pytree; the
 data position is the step, so restoring it is all a relaunch needs to continue exactly.
-Each checkpoint also holds an "integrity" JSON item: a checksum per array (computed on
-device when saving) and any small extra data (the training loop's metric window). A restore
-recomputes the checksums and refuses a checkpoint whose arrays changed or are not finite;
-a non-finite state is never saved.
+Each checkpoint also holds an "integrity" JSON item: a checksum per array, keyed by the
+array's path in the state ("params/params/Dense_0/kernel"; computed on device when saving),
+and any small extra data (the training loop's metric window). `restore` recomputes the
+checksums of the arrays it returns and refuses a checkpoint whose arrays changed or are not
+finite; `newest_good` is the resume policy (the newest checkpoint that restores); a
+non-finite state is never saved.
 """
 
+import dataclasses
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +27,9 @@ from lookahead_drift import cli
 
 PyTree = Any
 INTEGRITY = "integrity"
+# The train-state fields in the order of checkpoints written before checksums were keyed by
+# path (they were a list, one per leaf in this order): read to restore those checkpoints.
+_LEGACY_ORDER = ("step", "params", "ema_params", "opt_state", "rng")
 
 
 class CheckpointError(ValueError):
@@ -32,6 +38,20 @@ class CheckpointError(ValueError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint whose files are unreadable, incomplete, or fail the integrity check."""
+
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def leaf_paths(tree: PyTree) -> list[str]:
+  """Each leaf's "a/b/0" path, in leaf order; attributes and dict keys read alike, so a
+  dataclass state and the dict orbax restores it as have the same paths."""
+  return ["/".join(_key_name(k) for k in path)
+          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
 
 
 def _leaf_checksum(x: jax.Array) -> jax.Array:
@@ -53,10 +73,10 @@ def _fingerprint(tree: PyTree) -> tuple[list[jax.Array], jax.Array]:
   return [_leaf_checksum(x) for x in leaves], jnp.all(jnp.stack(finite or [jnp.bool_(True)]))
 
 
-def fingerprint(tree: PyTree) -> tuple[list[int], bool]:
-  """(checksum per leaf, whether every float leaf is finite), computed on device."""
+def fingerprint(tree: PyTree) -> tuple[dict[str, int], bool]:
+  """({leaf path: checksum}, whether every float leaf is finite), computed on device."""
   sums, finite = jax.device_get(_fingerprint(tree))
-  return [int(s) for s in sums], bool(finite)
+  return dict(zip(leaf_paths(tree), (int(s) for s in sums))), bool(finite)
 
 
 def create_manager(directory: str, *, max_to_keep: int | None, save_every: int,
@@ -87,6 +107,16 @@ def open_for_reading(directory: str) -> ocp.CheckpointManager:
                         create=False)
 
 
+def steps(directory: str) -> list[int]:
+  """The steps of the checkpoints in `directory`, oldest first (a CheckpointError if it does
+  not exist)."""
+  manager = open_for_reading(directory)
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
+
+
 def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
          force: bool = False, extra: dict[str, Any] | None = None) -> bool:
   """Starts an (async) save of `state` (and JSON-able `extra`) at `step`; whether it started.
@@ -104,31 +134,17 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
       force=force)
 
 
-def step_dir(manager: ocp.CheckpointManager, step: int) -> str:
-  """The directory of checkpoint `step`."""
-  return step_dir_of(str(manager.directory), step)
-
-
 def step_dir_of(directory: str, step: int) -> str:
   """The directory of checkpoint `step` in a checkpoint folder."""
   return os.path.join(os.path.abspath(directory), str(step))
 
 
-def _shapes(tree: PyTree) -> dict[str, tuple[int, ...]]:
-  """Leaf shapes keyed by "a/b/0" paths (orbax metadata turns attributes into dict keys)."""
-  def name(key: Any) -> str:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        return str(getattr(key, attr))
-    return str(key)
-  return {"/".join(name(k) for k in path): tuple(leaf.shape)
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def check_compatible(path: str, stored: PyTree, target: PyTree, what: str = "train state"
                      ) -> None:
   """Raises CheckpointError unless `stored` has the structure and shapes of `target`."""
-  stored_shapes, target_shapes = _shapes(stored), _shapes(target)
+  shapes = lambda tree: dict(zip(leaf_paths(tree), (tuple(x.shape) for x in
+                                                    jax.tree.leaves(tree))))
+  stored_shapes, target_shapes = shapes(stored), shapes(target)
   if stored_shapes != target_shapes:
     missing = sorted(set(target_shapes) - set(stored_shapes))[:3]
     extra = sorted(set(stored_shapes) - set(target_shapes))[:3]
@@ -148,45 +164,22 @@ def _first_line(error: Exception, limit: int = 300) -> str:
   return f"{type(error).__name__}: {text}"
 
 
-def _verify(path: str, restored: PyTree, integrity: dict[str, Any] | None, *,
-            prefix: bool = False) -> None:
-  """Raises CorruptCheckpointError unless the arrays are finite and match their checksums.
-
-  With `prefix`, `restored` holds only the first leaves of the saved state (the inference
-  items), checked against the first checksums.
-  """
-  checksums, finite = fingerprint(restored)
-  stored = (integrity or {}).get("checksums") or []
-  if integrity is not None and (stored[:len(checksums)] if prefix else stored) != checksums:
-    names = list(_shapes(restored))
-    bad = [n for n, a, b in zip(names, checksums, stored) if a != b] or names
-    raise CorruptCheckpointError(
-        f"Checkpoint {path} fails its checksum ({len(bad)} of {len(names)} arrays differ from "
-        f"when it was saved, e.g. {bad[:2]}): its files were changed or damaged.")
-  if not finite:
-    raise CorruptCheckpointError(f"Checkpoint {path} holds non-finite values (NaN or inf).")
-
-
 _ADVICE = ("It was left untouched; move it away to restart from the previous one, or use a "
            "new --workdir.")
 
 
-def _read(manager: ocp.CheckpointManager, step: int | None, target: PyTree | None
-          ) -> tuple[str, PyTree, dict[str, Any] | None] | None:
-  """(path, state, integrity item) of checkpoint `step` (None: the latest), or None if none.
+def _read(manager: ocp.CheckpointManager, step: int, target: PyTree | None
+          ) -> tuple[str, PyTree, dict[str, Any] | None]:
+  """(path, state, integrity item or None) of checkpoint `step`, not yet verified.
 
   With a `target` (a state of sharded arrays) the state is restored into its structure and
   shardings, after checking that the stored shapes match it; without one it is restored as
-  stored (a dict of arrays on the default device). Nothing is verified here.
+  stored (a dict of arrays on the default device).
   """
-  if step is None:
-    step = manager.latest_step()
-    if step is None:
-      return None
-  elif step not in manager.all_steps():
+  if step not in manager.all_steps():
     raise CheckpointError(f"No checkpoint for step {step} in {manager.directory}; there are "
                           f"{sorted(manager.all_steps())}.")
-  path = step_dir(manager, step)
+  path = step_dir_of(str(manager.directory), step)
   metadata_file = os.path.join(path, "state", "_METADATA")
   if not os.path.isfile(metadata_file):
     raise CorruptCheckpointError(f"Checkpoint {path} is incomplete: {metadata_file} is "
@@ -199,13 +192,12 @@ def _read(manager: ocp.CheckpointManager, step: int | None, target: PyTree | Non
         f"written by an incompatible version. {_ADVICE}") from e
   if stored is None:
     raise CorruptCheckpointError(f"Checkpoint {path} has no readable 'state' item. {_ADVICE}")
-  if target is None:
-    items = {"state": ocp.args.StandardRestore()}
-  else:
+  abstract = None
+  if target is not None:
     check_compatible(path, stored, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
-    items = {"state": ocp.args.StandardRestore(abstract)}
+  items = {"state": ocp.args.StandardRestore(abstract)}
   has_integrity = os.path.isdir(os.path.join(path, INTEGRITY))
   if has_integrity:
     items[INTEGRITY] = ocp.args.JsonRestore()
@@ -215,93 +207,74 @@ def _read(manager: ocp.CheckpointManager, step: int | None, target: PyTree | Non
     raise CorruptCheckpointError(
         f"Cannot restore checkpoint {path} ({_first_line(e)}): it is corrupt or incompatible. "
         f"{_ADVICE}") from e
-  state = restored["state"]
-  saved_step = state["step"] if isinstance(state, dict) else state.step
-  restored_step = int(np.asarray(jax.device_get(saved_step)))
-  if restored_step != step:
+  return path, restored["state"], restored[INTEGRITY] if has_integrity else None
+
+
+def _stored_checksums(integrity: dict[str, Any], state: PyTree) -> dict[str, int]:
+  """{leaf path: checksum} saved with `state` (the whole restored state). Checkpoints written
+  before the path keys hold a list in the leaf order of the fields in _LEGACY_ORDER."""
+  stored = integrity.get("checksums") or {}
+  if isinstance(stored, dict):
+    return stored
+  field = (lambda k: state[k]) if isinstance(state, dict) else (lambda k: getattr(state, k))
+  paths = ["/".join(filter(None, (name, p)))
+           for name in _LEGACY_ORDER for p in leaf_paths(field(name))]
+  return dict(zip(paths, stored))
+
+
+def _verify(path: str, tree: PyTree, checksums: dict[str, int] | None) -> None:
+  """Raises CorruptCheckpointError unless `tree`'s arrays are finite and each matches the
+  checksum saved under its path (None: a checkpoint without checksums, finiteness only)."""
+  computed, finite = fingerprint(tree)
+  bad = [p for p, s in computed.items() if checksums is not None and checksums.get(p) != s]
+  if bad:
     raise CorruptCheckpointError(
-        f"Checkpoint {path} holds step {restored_step}, not {step}. {_ADVICE}")
-  return path, state, restored[INTEGRITY] if has_integrity else None
+        f"Checkpoint {path} fails its checksum ({len(bad)} of {len(computed)} arrays differ "
+        f"from when it was saved, e.g. {bad[:2]}): its files were changed or damaged. "
+        f"{_ADVICE}")
+  if not finite:
+    raise CorruptCheckpointError(
+        f"Checkpoint {path} holds non-finite values (NaN or inf). {_ADVICE}")
 
 
-def _checked(path: str, tree: PyTree, integrity: dict[str, Any] | None, *,
-             prefix: bool = False) -> None:
-  """`_verify` with the advice appended to its error."""
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A verified checkpoint: its step and directory, the state, and the extra saved with it."""
+  step: int
+  path: str
+  state: PyTree
+  extra: dict[str, Any]
+
+
+def restore(directory: str, target: PyTree | None = None, step: int | None = None, *,
+            items: Sequence[str] | None = None) -> Restored | None:
+  """Checkpoint `step` of `directory` (None: the latest), verified; None if there is none.
+
+  `target`, a state of sharded arrays (e.g. the freshly initialised train state), gives the
+  structure, dtypes and shardings to restore into; without it the arrays come back as
+  stored, a dict on the default device, of which `items` picks top-level entries (what
+  inference needs; only those are returned and verified). Any failure names the checkpoint
+  and leaves its files as they are: CorruptCheckpointError for damaged files, CheckpointError
+  for a different train state or a missing `directory`.
+  """
+  manager = open_for_reading(directory)
   try:
-    _verify(path, tree, integrity, prefix=prefix)
-  except CorruptCheckpointError as e:
-    raise CorruptCheckpointError(f"{e} {_ADVICE}") from None
-
-
-def restore_with_extra(manager: ocp.CheckpointManager, target: PyTree,
-                       step: int | None = None) -> tuple[PyTree, dict[str, Any]] | None:
-  """(state, extra saved with it) of checkpoint `step` (default: the latest), or None if none.
-
-  `target` is the freshly initialised state (sharded arrays); its leaves give shapes, dtypes
-  and shardings. Any failure names the checkpoint path and leaves the files as they are:
-  CorruptCheckpointError for damaged files, CheckpointError for a different train state.
-  """
-  read = _read(manager, step, target)
-  if read is None:
-    return None
-  path, state, integrity = read
-  _checked(path, state, integrity)
-  return state, dict((integrity or {}).get("extra") or {})
-
-
-def restore(manager: ocp.CheckpointManager, target: PyTree,
-            step: int | None = None) -> PyTree | None:
-  """Restores checkpoint `step` (default: the latest) into the structure of `target`, or None."""
-  restored = restore_with_extra(manager, target, step)
-  return None if restored is None else restored[0]
-
-
-# The train-state fields sampling needs; they are the first fields of the saved state, so their
-# leaves are the first of its checksums.
-INFERENCE_ITEMS = ("step", "params", "ema_params")
-
-
-def restore_for_inference(manager: ocp.CheckpointManager, step: int | None = None
-                          ) -> dict[str, Any] | None:
-  """{"step", "params", "ema_params"} of checkpoint `step`, or None if there is none.
-
-  Needs no train state to restore into (no optimizer, no encoder): the arrays are read as
-  stored and checked against their checksums. Without `step`, the newest checkpoint that
-  verifies; newer damaged ones are reported and skipped (never moved: this is read-only).
-  """
-  def read_one(s: int | None) -> dict[str, Any] | None:
-    read = _read(manager, s, None)
-    if read is None:
+    step = manager.latest_step() if step is None else step
+    if step is None:
       return None
-    path, state, integrity = read
-    picked = {k: state[k] for k in INFERENCE_ITEMS}
-    _checked(path, tuple(picked[k] for k in INFERENCE_ITEMS), integrity, prefix=True)
-    return picked
-
-  if step is not None:
-    return read_one(step)
-  restored, failures = _newest_good(manager, read_one)
-  for _, error in failures:
-    logging.warning("%s\nUsing the older checkpoint %s.", error,
-                    step_dir(manager, int(restored["step"])))
-  return restored
-
-
-def _newest_good(manager: ocp.CheckpointManager, read_one: Any
-                 ) -> tuple[Any, list[tuple[int, CorruptCheckpointError]]]:
-  """(the first `read_one(step)` that succeeds, newest step first; the corrupt ones skipped).
-
-  (None, []) when there is no checkpoint; if none is good, the newest one's error is raised.
-  """
-  failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      return read_one(step), failures
-    except CorruptCheckpointError as e:
-      failures.append((step, e))
-  if failures:
-    raise failures[0][1]
-  return None, []
+    path, state, integrity = _read(manager, step, target)
+  finally:
+    manager.close()
+  saved_step = int(np.asarray(jax.device_get(
+      state["step"] if isinstance(state, dict) else state.step)))
+  if saved_step != step:
+    raise CorruptCheckpointError(f"Checkpoint {path} holds step {saved_step}, not {step}. "
+                                 f"{_ADVICE}")
+  checksums = None if integrity is None else _stored_checksums(integrity, state)
+  if items is not None:
+    state = {k: state[k] for k in items}
+  _verify(path, state, checksums)
+  return Restored(step, path, state, dict((integrity or {}).get("extra") or {}))
 
 
 def _set_aside(path: str, quarantine_dir: str) -> str:
@@ -314,27 +287,40 @@ def _set_aside(path: str, quarantine_dir: str) -> str:
   return dest
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, target: PyTree, quarantine_dir: str
-                        ) -> tuple[PyTree, dict[str, Any]] | None:
-  """The newest checkpoint that restores and verifies, with its extra; None if there is none.
+def newest_good(directory: str, target: PyTree | None = None, *,
+                items: Sequence[str] | None = None, quarantine_dir: str | None = None
+                ) -> Restored | None:
+  """The newest checkpoint of `directory` that restores and verifies; None if there is none.
 
-  Newer corrupt checkpoints are moved to `quarantine_dir` (and reported) only when an older
-  one is good; if none is, the newest one's error is raised and nothing is moved. A
-  checkpoint of a different train state (CheckpointError) is raised at once.
+  Newer corrupt ones are reported and skipped; with `quarantine_dir` they are moved there
+  (process 0 moves), but only once an older one is good: if none is, the newest one's error
+  is raised and nothing is moved. A checkpoint of a different train state (CheckpointError)
+  is raised at once, as is a missing `directory`. `target`, `items`: as in `restore`.
   """
-  restored, failures = _newest_good(
-      manager, lambda step: (step, restore_with_extra(manager, target, step)))
-  if restored is None:
-    return None
-  good_step, restored = restored
-  for bad_step, error in failures:
-    dest = step_dir(manager, bad_step)
-    if jax.process_index() == 0:
-      dest = _set_aside(dest, quarantine_dir)
-    logging.error("%s\nMoved it to %s; resuming from %s.", error, dest,
-                  step_dir(manager, good_step))
+  failures = []
+  for step in reversed(steps(directory)):
+    try:
+      restored = restore(directory, target, step, items=items)
+    except CorruptCheckpointError as e:
+      failures.append((step, e))
+      continue
+    _report_skipped(directory, failures, restored.path, quarantine_dir)
+    return restored
   if failures:
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("checkpoint_quarantine")
-    manager.reload()
-  return restored
+    raise failures[0][1]
+  return None
+
+
+def _report_skipped(directory: str, failures: list[tuple[int, CorruptCheckpointError]],
+                    used: str, quarantine_dir: str | None) -> None:
+  """Logs each skipped corrupt checkpoint, moving it to `quarantine_dir` if given."""
+  for step, error in failures:
+    bad = step_dir_of(directory, step)
+    if quarantine_dir is None:
+      logging.warning("%s\nUsing the older checkpoint %s.", error, used)
+      continue
+    if jax.process_index() == 0:
+      bad = _set_aside(bad, quarantine_dir)
+    logging.error("%s\nMoved it to %s; resuming from %s.", error, bad, used)
+  if failures and quarantine_dir is not None and jax.process_count() > 1:
+    multihost_utils.sync_global_devices("checkpoint_quarantine")

@@ -151,6 +151,8 @@ class Experiment:
   state_shardings: TrainState
   encoder_params: PyTree  # replicated on the mesh
   step_fn: Callable  # jitted (state, global batch, encoder_params) -> (state, metrics)
+  generate_fn: Callable  # jitted generator.apply (params, noise, **conditions) -> samples
+  noise_shape: tuple[int, ...]  # of one sample's noise
 
 
 def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None) -> Experiment:
@@ -194,7 +196,10 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),
       out_shardings=(state_shardings, sharding.replicated(mesh)),
       donate_argnums=(0,))
-  return Experiment(config, mesh, state, state_shardings, encoder_params, step_fn)
+  # Samples of the state's own (sharded) params, replicated so that every process can read them.
+  generate_fn = jax.jit(generator.apply, out_shardings=sharding.replicated(mesh))
+  return Experiment(config, mesh, state, state_shardings, encoder_params, step_fn,
+                    generate_fn, noise_shape)
 
 
 def create_dataset(config: ConfigDict, start_step: int) -> Iterator[dict[str, np.ndarray]]:

@@ -63,13 +63,12 @@ def checkpoint_dir(workdir: str) -> str:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The steps of WORKDIR's checkpoints, oldest first ([] if there are none)."""
-  if not os.path.isdir(checkpoint_dir(workdir)):
-    return []
-  manager = checkpoint.open_for_reading(checkpoint_dir(workdir))
-  try:
-    return sorted(manager.all_steps())
-  finally:
-    manager.close()
+  directory = checkpoint_dir(workdir)
+  return checkpoint.steps(directory) if os.path.isdir(directory) else []
+
+
+# The train-state fields sampling reads back (and verifies) from a checkpoint.
+INFERENCE_ITEMS = ("step", "params", "ema_params")
 
 
 def restore(workdir: str, *, step: int | None = None,
@@ -78,24 +77,24 @@ def restore(workdir: str, *, step: int | None = None,
 
   `config` replaces the saved config (see `run_config`). Raises checkpoint.CheckpointError
   when there is no such checkpoint, CorruptCheckpointError when it fails its checksums.
+  Newer damaged checkpoints are reported and skipped, never moved (this is read-only).
   """
   config = run_config(workdir, config)
-  manager = checkpoint.open_for_reading(checkpoint_dir(workdir))
-  try:
-    restored = checkpoint.restore_for_inference(manager, step)
-  finally:
-    manager.close()
+  directory = checkpoint_dir(workdir)
+  if step is None:
+    restored = checkpoint.newest_good(directory, items=INFERENCE_ITEMS)
+  else:
+    restored = checkpoint.restore(directory, step=step, items=INFERENCE_ITEMS)
   if restored is None:
-    raise checkpoint.CheckpointError(f"No checkpoint found in {checkpoint_dir(workdir)}.")
-  got_step = int(np.asarray(restored["step"]))
+    raise checkpoint.CheckpointError(f"No checkpoint found in {directory}.")
   # The raw restore takes any shapes: check them against the config's generator here.
   module, noise_shape = models.create_generator(config.model)
   expected = jax.eval_shape(lambda rng: module.init(
       rng, jnp.zeros((1, *noise_shape), jnp.float32),
       **models.example_conditions(config.model, 1)), jax.random.PRNGKey(0))
-  checkpoint.check_compatible(checkpoint.step_dir_of(checkpoint_dir(workdir), got_step),
-                              restored["params"], expected, what="generator")
-  return TrainedGenerator(config, got_step, restored["params"], restored["ema_params"])
+  params, ema_params = restored.state["params"], restored.state["ema_params"]
+  checkpoint.check_compatible(restored.path, params, expected, what="generator")
+  return TrainedGenerator(config, restored.step, params, ema_params)
 
 
 _GENERATORS: dict[str, tuple[Any, tuple[int, ...]]] = {}
@@ -117,14 +116,17 @@ def cycling_labels(num: int, num_classes: int) -> np.ndarray:
 
 def generate(config: ml_collections.ConfigDict, params: PyTree, num: int,
              rng: jax.Array, *, labels: Any = None, alpha: float = 1.0,
-             batch_size: int | None = None) -> np.ndarray:
+             batch_size: int | None = None,
+             generator: tuple[Any, tuple[int, ...]] | None = None) -> np.ndarray:
   """`num` one-step samples of the generator in `config` with `params` (float32 numpy).
 
   Conditional models (config.model.num_classes > 0) take `labels` [num] (default 0, 1, 2, ...
   cycling); models conditioned on the guidance scale take `alpha` (1: no guidance).
   Generation runs in chunks of `batch_size` (default config.sample.batch_size) to bound memory.
+  `generator`: (jitted apply, noise shape), e.g. a training experiment's own, whose params
+  stay on its devices; default: config.model's, built once.
   """
-  apply, noise_shape = _generator(config.model)
+  apply, noise_shape = generator or _generator(config.model)
   num_classes = config.model.get("num_classes", 0) or 0
   if num_classes:
     labels = cycling_labels(num, num_classes) if labels is None else np.asarray(labels)

@@ -63,7 +63,7 @@ def _tensorboard_writer(logdir: str) -> Any | None:
       return None
 
 
-def _to_python(value: Any) -> Any:
+def to_python(value: Any) -> Any:
   """A JSON-able Python value; NaN and infinities become None (null)."""
   value = np.asarray(jax.device_get(value))
   if value.dtype.kind in "fc" and not np.all(np.isfinite(value)):
@@ -96,7 +96,7 @@ class MetricWriter:
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.active:
       return
-    values = {k: _to_python(v) for k, v in scalars.items()}
+    values = {k: to_python(v) for k, v in scalars.items()}
     self._file.write(json.dumps({"step": int(step), **values}, allow_nan=False) + "\n")
     self._file.flush()
     if self._tb is not None:

@@ -1,15 +1,19 @@
 """The training loop around `experiment.train_step`: resume, log, checkpoint, sample, stop.
 
-`run(config, workdir)` trains (resuming from the latest good checkpoint in WORKDIR/checkpoints,
+`run(config, workdir)` trains (resuming from the newest good checkpoint in WORKDIR/checkpoints,
 so metrics.jsonl reads as if the run had never stopped) and returns the final state; every
 numeric config field is checked against its range first (`NUMERIC_FIELDS`). One run
 per workdir (a lock); a resume with a config that changes the run's meaning is refused unless
-`allow_config_change`. SIGTERM/SIGINT save and raise cli.Preempted; a non-finite loss or
-gradient stops the run (cli.NonFiniteError) or, with config.nonfinite="skip", skips the step.
-Multi-process: each process feeds its share of the global batch.
+`allow_config_change`. As in flax's examples, the loop keeps each step's metrics until the
+next log step, which writes their means; the steps since then (the metric window) are saved
+with each checkpoint, so that a resumed run logs the same means. SIGTERM/SIGINT save and
+raise cli.Preempted; a non-finite loss or gradient stops the run (cli.NonFiniteError) or, with
+config.nonfinite="skip", skips the step (`check_finite`). Multi-process: each process feeds
+its share of the global batch.
 """
 
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -18,7 +22,6 @@ import threading
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -36,8 +39,8 @@ from lookahead_drift import sharding
 from lookahead_drift import workdir as workdir_lib
 from lookahead_drift.experiment import Experiment, TrainState
 
-PyTree = Any
 ConfigDict = ml_collections.ConfigDict
+Window = list[dict[str, Any]]  # one {metric name: value} per step since the last log step
 NONFINITE_METRICS = experiment_lib.NONFINITE_METRICS
 # config.nonfinite (read with this default): "stop" the run at the next log or save step, or
 # "skip" bad steps (params, EMA and optimizer state stay as before the step; counted).
@@ -45,17 +48,56 @@ NONFINITE_POLICIES = ("stop", "skip")
 NONFINITE_DEFAULT = "stop"
 
 
-def _real_reference(config: ConfigDict, num: int) -> np.ndarray:
-  """Real samples to draw next to generated ones (fixed seed; local data only)."""
-  if config.data.name in input_pipeline.TOY_DATASETS:
-    return np.asarray(input_pipeline.sample_toy(config.data.name, num,
-                                                np.random.default_rng(12345)))
-  images = []
-  for batch in input_pipeline.create_dataset(config.data, seed=config.seed + 1):
-    images.append(np.asarray(batch["image"]))
-    if sum(len(x) for x in images) >= num:
-      break
-  return np.concatenate(images, 0)[:num]
+def window_means(window: Window) -> dict[str, Any]:
+  """What a log step writes: each metric's mean over the window's good steps (NaN if there
+  are none) and the number of bad steps (metrics["nonfinite"] != 0, see train_step)."""
+  good = [m for m in window if not m["nonfinite"]]
+  means = {k: np.mean([m[k] for m in good], axis=0) if good else np.full(np.shape(v), np.nan)
+           for k, v in window[0].items() if k != "nonfinite"}
+  return {**means, "nonfinite_steps": len(window) - len(good)}
+
+
+def check_finite(window: Window, step: int, policy: str, manager: Any, *,
+                 logged: bool) -> None:
+  """The non-finite policy, applied to the window (on the host) at log and save steps.
+
+  Raises cli.NonFiniteError, naming the last good checkpoint of `manager`, so that nothing
+  more is saved, if the window holds a bad step and the policy is "stop", or if a `logged`
+  window holds nothing else ("skip").
+  """
+  bad = [i for i, m in enumerate(window) if m["nonfinite"]]
+  if not bad or (policy == "skip" and not (logged and len(bad) == len(window))):
+    return
+  manager.wait_until_finished()  # a save in flight may be the last good checkpoint
+  latest = manager.latest_step()
+  last = "none" if latest is None else checkpoint.step_dir_of(str(manager.directory), latest)
+  flags = int(window[bad[0]]["nonfinite"])
+  what = ", ".join(k for i, k in enumerate(NONFINITE_METRICS) if flags >> i & 1)
+  hint = ("pass --nonfinite=skip to skip such steps" if policy == "stop" else
+          "every step of the logging window was skipped")
+  raise cli.NonFiniteError(
+      f"non-finite {what} at step {step - len(window) + 1 + bad[0]} ({len(bad)} non-finite "
+      f"step(s) up to step {step}); stopped without saving. Last good checkpoint: "
+      f"{last}. Lower the learning rate, or {hint}.")
+
+
+def window_from_json(saved: Any, metric_shapes: dict[str, Any]) -> Window | None:
+  """A window saved with a checkpoint, in this run's metric shapes and dtypes (null: NaN);
+  None if it does not fit (none saved, other metrics, or a version that saved sums)."""
+  try:
+    return jax.tree.map(lambda s, v: np.asarray(v, s.dtype).reshape(s.shape),
+                        [metric_shapes] * len(saved), saved)
+  except (ValueError, TypeError, KeyError):
+    return None
+
+
+def _save(manager: Any, step: int, state: TrainState, window: Window, policy: str, *,
+          force: bool = False) -> None:
+  """Checkpoints `state` with its metric window, unless the non-finite policy stops first."""
+  window = jax.device_get(window)
+  check_finite(window, step, policy, manager, logged=False)
+  checkpoint.save(manager, step, state, force=force,
+                  extra={"window": jax.tree.map(metrics_io.to_python, window)})
 
 
 class _StopRequest:
@@ -88,76 +130,33 @@ class _StopRequest:
     for s, previous in self._previous.items():
       signal.signal(s, previous)
 
-  def any_process(self) -> bool:
-    """True on all processes if any of them was asked to stop (a collective if multi-process)."""
+  def agreed(self, step: int, log_every: int) -> bool:
+    """Whether every process stops after `step`: at once in one process; multi-process, at
+    logging steps, if any process was asked (a collective)."""
     if jax.process_count() == 1:
       return self.requested
-    flags = multihost_utils.process_allgather(np.array(self.requested))
-    return bool(np.any(flags))
+    if step % log_every:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.requested))))
 
 
-def empty_window(metric_shapes: dict[str, Any]) -> dict[str, Any]:
-  """Zero running sums of one logging window (numpy), for metrics of these shapes."""
-  return {"sums": {k: np.zeros(v.shape, np.float32) for k, v in metric_shapes.items()
-                   if k != "nonfinite"},
-          "steps": np.int32(0), "nonfinite_steps": np.int32(0),
-          "first_nonfinite_step": np.int32(-1), "first_nonfinite": np.int32(0)}
-
-
-@jax.jit
-def accumulate_window(window: dict[str, Any], metrics: dict[str, jax.Array],
-                      step: jax.Array) -> dict[str, Any]:
-  """Adds one step's metrics (good steps only) and notes the window's first non-finite step."""
-  good = metrics["nonfinite"] == 0
-  first = (window["first_nonfinite_step"] < 0) & ~good
-  return {"sums": {k: s + jnp.where(good, metrics[k].astype(jnp.float32), 0.0)
-                   for k, s in window["sums"].items()},
-          "steps": window["steps"] + good.astype(jnp.int32),
-          "nonfinite_steps": window["nonfinite_steps"] + (~good).astype(jnp.int32),
-          "first_nonfinite_step": jnp.where(first, step, window["first_nonfinite_step"]),
-          "first_nonfinite": jnp.where(first, metrics["nonfinite"], window["first_nonfinite"])}
-
-
-def window_scalars(window: dict[str, Any]) -> dict[str, Any]:
-  """What a window logs: each metric's mean over its good steps, and the bad-step count."""
-  steps = int(window["steps"])
-  means = {k: v / steps if steps else np.full_like(v, np.nan) for k, v in window["sums"].items()}
-  return {**means, "nonfinite_steps": int(window["nonfinite_steps"])}
-
-
-def window_to_json(window: dict[str, Any]) -> dict[str, Any]:
-  return jax.tree.map(lambda x: np.asarray(x).tolist(), window)
-
-
-def window_from_json(saved: Any, template: dict[str, Any]) -> dict[str, Any] | None:
-  """A window saved by `window_to_json` in the template's structure, or None if it differs."""
-  try:
-    return jax.tree.map(lambda t, v: np.asarray(v, t.dtype).reshape(t.shape), template, saved)
-  except (ValueError, TypeError, KeyError):
-    return None
-
-
-def nonfinite_error(window: dict[str, Any], step: int, last_checkpoint: str | None,
-                    policy: str) -> cli.NonFiniteError:
-  """The error that stops a run on the window's first non-finite step."""
-  flags = int(window["first_nonfinite"])
-  what = ", ".join(k for i, k in enumerate(NONFINITE_METRICS) if flags >> i & 1)
-  hint = ("pass --nonfinite=skip to skip such steps" if policy == "stop" else
-          "every step of the logging window was skipped")
-  return cli.NonFiniteError(
-      f"non-finite {what} at step {int(window['first_nonfinite_step'])} "
-      f"({int(window['nonfinite_steps'])} non-finite step(s) up to step {step}); stopped "
-      f"without saving. Last good checkpoint: {last_checkpoint or 'none'}. Lower the learning "
-      f"rate, or {hint}.")
+def _real_reference(config: ConfigDict, num: int) -> np.ndarray:
+  """Real samples to draw next to generated ones (a fixed draw from the local data)."""
+  rng = np.random.default_rng(12345)
+  if config.data.name in input_pipeline.TOY_DATASETS:
+    return np.asarray(input_pipeline.sample_toy(config.data.name, num, rng))
+  images, _ = input_pipeline.load_images(config.data)
+  return input_pipeline.to_float(images[rng.permutation(len(images))[:num]])
 
 
 def _write_samples(exp: Experiment, state: TrainState, step: int, real: np.ndarray,
                    writer: metrics_io.MetricWriter, workdir: str) -> str | None:
-  """Generates with the EMA params and writes WORKDIR/samples/step_N.png (process 0)."""
+  """Generates with the experiment's generator and on-device EMA params, and writes
+  WORKDIR/samples/step_N.png (process 0)."""
   config = exp.config
-  ema = sharding.to_host(state.ema_params)
-  generated = inference.generate(config, ema, config.sample.num_png,
-                              jax.random.PRNGKey(config.seed + 7))
+  generated = inference.generate(config, state.ema_params, config.sample.num_png,
+                                 jax.random.PRNGKey(config.seed + 7),
+                                 generator=(exp.generate_fn, exp.noise_shape))
   if jax.process_index() != 0:
     return None
   path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
@@ -263,17 +262,6 @@ def validate_config(config: ConfigDict) -> str:
   return policy
 
 
-def _checked_inputs(config: ConfigDict) -> tuple[Experiment, dict[str, Any], np.ndarray]:
-  """Builds everything from the config and traces the step, so bad inputs fail before any
-  file is written: (experiment, an empty metric window, real reference samples)."""
-  exp = experiment_lib.create_experiment(config)
-  probe = experiment_lib.train_inputs(next(experiment_lib.create_dataset(config, 0)))
-  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype)
-           for k, v in probe.items()}
-  _, metric_shapes = jax.eval_shape(exp.step_fn, exp.state, batch, exp.encoder_params)
-  return exp, empty_window(metric_shapes), _real_reference(config, config.sample.num_png)
-
-
 def schedule_change(saved: dict[str, Any], config: ConfigDict, step: int) -> str:
   """", and ..." when a resume at `step` changes num_steps under a cosine schedule: the decay
   spans num_steps, so it is stretched (or shortened) and the learning rate jumps."""
@@ -290,125 +278,126 @@ def schedule_change(saved: dict[str, Any], config: ConfigDict, step: int) -> str
 
 
 def _has_checkpoints(ckpt_dir: str) -> bool:
+  """Whether `ckpt_dir` holds step directories. Unlike the folder itself, which process 0
+  creates, these appear only after a step of all processes, so all of them agree on this."""
   return os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
 
 
-def run(config: ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False) -> TrainState:
-  """Trains (resuming from the latest good checkpoint in WORKDIR) and returns the final state.
+def _metric_shapes(exp: Experiment, local_batch: dict[str, np.ndarray]) -> dict[str, Any]:
+  """Traces the step (no compute) on the global shapes of a local batch: the shapes of its
+  metrics. Inputs that do not fit the model, encoder or loss fail here."""
+  batch = {k: jax.ShapeDtypeStruct((v.shape[0] * jax.process_count(), *v.shape[1:]), v.dtype)
+           for k, v in experiment_lib.train_inputs(local_batch).items()}
+  return jax.eval_shape(exp.step_fn, exp.state, batch, exp.encoder_params)[1]
+
+
+def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) -> TrainState:
+  """Trains (resuming from the newest good checkpoint in WORKDIR) and returns the final state.
 
   Raises (see `cli`) UserError or CheckpointError for bad inputs, before writing anything;
   NonFiniteError on a non-finite step with config.nonfinite="stop"; Preempted after saving
   on SIGTERM/SIGINT.
   """
   policy = validate_config(config)
-  exp, window_template, real = _checked_inputs(config)
-  config_json = config.to_json_best_effort(indent=2)
-  lead = jax.process_index() == 0
+  exp = experiment_lib.create_experiment(config)
+  # The data starts at the newest checkpoint (rebuilt below if that one is bad); its first
+  # batch traces the step, so bad inputs fail before any file is written.
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  planned = max(checkpoint.steps(ckpt_dir), default=0) if _has_checkpoints(ckpt_dir) else 0
+  dataset = experiment_lib.create_dataset(config, planned)
+  first = next(dataset)
+  metric_shapes = _metric_shapes(exp, first)
+  dataset = itertools.chain([first], dataset)
+  real = _real_reference(config, config.sample.num_png)
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise cli.UserError(
         f"cannot create --workdir {workdir}: {e.strerror} ({e.filename}).") from e
-  lock = workdir_lib.acquire_lock(workdir) if lead else None
+  lock = workdir_lib.acquire_lock(workdir) if jax.process_index() == 0 else None
   try:
-    return _train_locked(exp, workdir, policy, window_template, real, config_json,
-                         allow_config_change)
+    state, window = _resume(exp, workdir, metric_shapes, allow_config_change)
+    start = int(jax.device_get(state.step))
+    if start != planned:
+      dataset = experiment_lib.create_dataset(config, start)
+    return _train(exp, workdir, policy, state, window, dataset, real)
   finally:
     if lock is not None:
       workdir_lib.release_lock(lock)
 
 
-def _train_locked(exp: Experiment, workdir: str, policy: str,
-                  window_template: dict[str, Any], real: np.ndarray, config_json: str,
-                  allow_config_change: bool) -> TrainState:
-  """`run` once the inputs are checked and the workdir is locked."""
-  config, lead = exp.config, jax.process_index() == 0
-  ckpt_dir = os.path.join(workdir, "checkpoints")
+def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
+            allow_config_change: bool) -> tuple[TrainState, Window]:
+  """(state, metric window) to train on from: the newest good checkpoint's (newer corrupt
+  ones go to WORKDIR/corrupt_checkpoints), or the initial state. The config is checked
+  against the saved one first; then (process 0) config.json is written and metrics.jsonl
+  loses its records past the resumed step."""
+  config, ckpt_dir = exp.config, os.path.join(workdir, "checkpoints")
+  config_json = config.to_json_best_effort(indent=2)
   saved_config = workdir_lib.read_config(workdir)
-  changes = workdir_lib.check_config(
-      saved_config, json.loads(config_json),
-      resuming=_has_checkpoints(ckpt_dir), allow_change=allow_config_change, workdir=workdir)
-  manager = checkpoint.create_manager(ckpt_dir, max_to_keep=config.checkpoint.keep,
-                                      save_every=config.checkpoint.every,
-                                      async_save=config.checkpoint.get("async_save", True))
-  window = window_template
-  restored = checkpoint.restore_latest_good(manager, exp.state,
-                                            os.path.join(workdir, "corrupt_checkpoints"))
-  if restored is None:
-    state, start = exp.state, 0
-  else:
-    state, extra = restored
-    start = int(jax.device_get(state.step))
-    saved_window = window_from_json(extra.get("window"), window_template)
-    if saved_window is None and start % config.log_every:
+  resuming = _has_checkpoints(ckpt_dir)
+  changes = workdir_lib.check_config(saved_config, json.loads(config_json), resuming=resuming,
+                                     allow_change=allow_config_change, workdir=workdir)
+  quarantine = os.path.join(workdir, "corrupt_checkpoints")
+  restored = (checkpoint.newest_good(ckpt_dir, exp.state, quarantine_dir=quarantine)
+              if resuming else None)
+  state, start, window = exp.state, 0, []
+  if restored is not None:
+    state, start = restored.state, restored.step
+    window = window_from_json(restored.extra.get("window"), metric_shapes)
+    if window is None and start % config.log_every:
       logging.warning("The checkpoint has no metric window: the first log averages the "
                       "steps after %d only.", start)
-    window = window_template if saved_window is None else saved_window
+    window = window or []
     logging.info("Resumed from %s at step %d.", ckpt_dir, start)
-
-  writer_path = os.path.join(workdir, "metrics.jsonl")
-  if lead:
-    dropped = metrics_io.truncate_after(writer_path, start)
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, "metrics.jsonl")
+    dropped = metrics_io.truncate_after(path, start)
     if dropped:
-      logging.info("Dropped %d records past step %d from %s.", dropped, start, writer_path)
+      logging.info("Dropped %d records past step %d from %s.", dropped, start, path)
     kept = workdir_lib.write_config(workdir, config_json, start)
     if changes:
       logging.warning("Config changed since the last run (%s)%s; the old one is in %s.",
                       "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
                       schedule_change(saved_config, config, start), kept)
+  return state, window
+
+
+def _train(exp: Experiment, workdir: str, policy: str, state: TrainState, window: Window,
+           dataset: Any, real: np.ndarray) -> TrainState:
+  """The loop: steps from `state` (and its metric window) to config.num_steps or a stop."""
+  config, ckpt_dir = exp.config, os.path.join(workdir, "checkpoints")
+  step, num_steps = int(jax.device_get(state.step)), config.num_steps
+  manager = checkpoint.create_manager(
+      ckpt_dir, max_to_keep=config.checkpoint.keep,
+      save_every=config.checkpoint.every, async_save=config.checkpoint.get("async_save", True))
   writer = metrics_io.MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
-  dataset = experiment_lib.create_dataset(config, start)
-  num_steps = config.num_steps
-  png = None
-  step = start
-  meter = progress_lib.Progress(num_steps, done=start)
-
-  def stop_if_nonfinite(host_window: dict[str, Any], whole_window: bool) -> None:
-    if host_window["nonfinite_steps"] and (policy == "stop" or (
-        whole_window and not host_window["steps"])):
-      manager.wait_until_finished()
-      latest = manager.latest_step()
-      raise nonfinite_error(host_window, step,
-                            None if latest is None else checkpoint.step_dir(manager, latest),
-                            policy)
-
-  def save(force: bool = False) -> None:
-    host_window = jax.device_get(window)
-    stop_if_nonfinite(host_window, whole_window=False)
-    checkpoint.save(manager, step, state, force=force,
-                    extra={"window": window_to_json(host_window)})
-
-  stopped = False
+  meter = progress_lib.Progress(num_steps, done=step)
+  png, stopped = None, False
   try:
     with _StopRequest() as stop:
-      while step < num_steps:
+      while step < num_steps and not stopped:
         batch = sharding.global_batch(experiment_lib.train_inputs(next(dataset)), exp.mesh)
         state, metrics = exp.step_fn(state, batch, exp.encoder_params)
         step += 1
-        window = accumulate_window(window, metrics, np.int32(step))
-
+        window.append(metrics)
         if step % config.log_every == 0 or step == num_steps:
-          host_window = jax.device_get(window)
-          scalars = window_scalars(host_window)
-          rate = meter.update(step)
-          writer.write_scalars(step, {**scalars, "steps_per_sec": rate})
+          window = jax.device_get(window)
+          scalars = {**window_means(window), "steps_per_sec": meter.update(step)}
+          writer.write_scalars(step, scalars)
           logging.info("step %d/%d | loss %.5f | %s", step, num_steps, float(scalars["loss"]),
                        meter.rate_and_eta())
-          stop_if_nonfinite(host_window, whole_window=True)
-          if step % config.log_every == 0:
-            window = window_template
+          check_finite(window, step, policy, manager, logged=True)
+          if step % config.log_every == 0:  # a last, partial window is saved for a longer run
+            window = []
         if step % config.checkpoint.every == 0:
-          save()
+          _save(manager, step, state, window, policy)
         if step % config.sample.every == 0 or step == num_steps:
           png = _write_samples(exp, state, step, real, writer, workdir) or png
-        stopped = stop.requested if jax.process_count() == 1 else (
-            step % config.log_every == 0 and stop.any_process())
-        if stopped:
-          break
+        stopped = stop.agreed(step, config.log_every)
       manager.wait_until_finished()
       if manager.latest_step() != step:
-        save(force=True)
+        _save(manager, step, state, window, policy, force=True)
   finally:
     manager.wait_until_finished()
     manager.close()
@@ -416,7 +405,7 @@ def _train_locked(exp: Experiment, workdir: str, policy: str,
   if stopped and step < num_steps:
     raise cli.Preempted(f"preempted at step {step} of {num_steps}; relaunch the same command "
                         "to continue.")
-  if lead:
-    print(f"Finished at step {step}.\n  checkpoints: {ckpt_dir}\n  metrics:     {writer.path}"
-          f"\n  samples:     {png}", flush=True)
+  if jax.process_index() == 0:
+    print(f"Finished at step {step}.\n  checkpoints: {ckpt_dir}\n  metrics:     "
+          f"{writer.path}\n  samples:     {png}", flush=True)
   return state

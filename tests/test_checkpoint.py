@@ -1,5 +1,6 @@
 """Corrupt or incompatible checkpoints fail loudly and stay untouched; SIGTERM saves and exits."""
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -10,7 +11,9 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -34,6 +37,79 @@ def trained(tmp_path_factory) -> pathlib.Path:
   train_loop.run(smoke_config(**OVERRIDES), str(workdir))
   assert (workdir / "checkpoints" / "3").is_dir()
   return workdir
+
+
+@flax.struct.dataclass
+class _State:
+  """A small train state with TrainState's fields (and the leaf kinds orbax stores)."""
+  step: jax.Array
+  params: dict
+  ema_params: dict
+  opt_state: tuple
+  rng: jax.Array
+
+
+@flax.struct.dataclass
+class _Reordered:
+  """The same fields in another order (their leaves' positions all change)."""
+  rng: jax.Array
+  opt_state: tuple
+  ema_params: dict
+  params: dict
+  step: jax.Array
+
+
+def _saved_small_state(directory: pathlib.Path) -> tuple[_State, pathlib.Path]:
+  """A _State saved at step 5 in `directory`, and its integrity record's path."""
+  params = {"dense": {"kernel": jnp.arange(6.0).reshape(2, 3), "bias": jnp.ones(3)}}
+  state = _State(step=jnp.int32(5), params=params,
+                 ema_params=jax.tree.map(lambda x: x / 2, params),
+                 opt_state=(jnp.int32(1), {"mu": jax.tree.map(jnp.zeros_like, params)}),
+                 rng=jax.random.PRNGKey(0))
+  manager = checkpoint.create_manager(str(directory), max_to_keep=None, save_every=1,
+                                      async_save=False)
+  checkpoint.save(manager, 5, state, force=True)
+  manager.close()
+  return state, directory / "5" / "integrity" / "metadata"
+
+
+def _reordered(state: _State) -> _Reordered:
+  return _Reordered(**{f.name: getattr(state, f.name) for f in dataclasses.fields(_State)})
+
+
+def test_checksums_follow_leaf_paths_not_field_order(tmp_path):
+  state, record_path = _saved_small_state(tmp_path)
+  restored = checkpoint.restore(str(tmp_path), _reordered(state))
+  assert restored.step == 5 and isinstance(restored.state, _Reordered)
+  jax.tree.map(np.testing.assert_array_equal, restored.state.opt_state, state.opt_state)
+  raw = checkpoint.restore(str(tmp_path), items=("ema_params", "step"))
+  assert sorted(raw.state) == ["ema_params", "step"]
+  jax.tree.map(np.testing.assert_array_equal, raw.state["ema_params"], state.ema_params)
+
+  record = json.loads(record_path.read_text())
+  record["checksums"]["ema_params/dense/kernel"] ^= 1  # as if that array had changed
+  record_path.write_text(json.dumps(record))
+  for target, items in ((_reordered(state), None), (state, None), (None, ("ema_params",))):
+    with pytest.raises(checkpoint.CorruptCheckpointError,
+                       match=r"fails its checksum \(1 of .*ema_params/dense/kernel"):
+      checkpoint.restore(str(tmp_path), target, items=items)
+  assert checkpoint.restore(str(tmp_path), items=("step", "params")).step == 5
+
+
+def test_checksums_by_position_of_older_checkpoints_still_verify(tmp_path):
+  state, record_path = _saved_small_state(tmp_path)
+  sums, _ = checkpoint.fingerprint(state)
+  record = json.loads(record_path.read_text())
+  # Older checkpoints listed the checksums in the leaf order of TrainState's fields then,
+  # which _State keeps.
+  record["checksums"] = [sums[path] for path in checkpoint.leaf_paths(state)]
+  record_path.write_text(json.dumps(record))
+  assert checkpoint.restore(str(tmp_path), _reordered(state)).step == 5
+  assert checkpoint.restore(str(tmp_path), items=("step", "params", "ema_params")).step == 5
+  record["checksums"][-1] ^= 1  # the RNG
+  record_path.write_text(json.dumps(record))
+  with pytest.raises(checkpoint.CorruptCheckpointError, match="fails its checksum.*rng"):
+    checkpoint.restore(str(tmp_path), _reordered(state))
 
 
 def _corrupt_data(step_dir: pathlib.Path) -> None:

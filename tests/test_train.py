@@ -38,12 +38,7 @@ def restore_train_state(config: ml_collections.ConfigDict, workdir: str
                         ) -> experiment.TrainState:
   """The whole train state (optimizer and RNG included) of WORKDIR's latest checkpoint."""
   exp = experiment.create_experiment(config)
-  manager = checkpoint.create_manager(os.path.join(workdir, "checkpoints"), max_to_keep=None,
-                                      save_every=1, async_save=False, create=False)
-  try:
-    return checkpoint.restore(manager, exp.state)
-  finally:
-    manager.close()
+  return checkpoint.restore(os.path.join(workdir, "checkpoints"), exp.state).state
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
@@ -283,7 +278,7 @@ def test_cli_learning_rate_1e38_stops_with_exit_4_and_strict_json(tmp_path):
                                       save_every=1, create=False)
   steps = sorted(manager.all_steps())
   for step in steps:  # restore() refuses non-finite checkpoints
-    checkpoint.restore(manager, exp.state, step)
+    checkpoint.restore(str(workdir / "checkpoints"), exp.state, step)
   manager.close()
   assert steps and f"checkpoints/{steps[-1]}" in last
 
