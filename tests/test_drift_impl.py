@@ -1,5 +1,5 @@
 """The field implementations (dense, streaming), group chunks and the memory budget of
-lookahead_drift.drift, against each other and the float64 reference of test_drift.py."""
+lookahead_drift.drift, against each other and the float64 reference (tests/reference.py)."""
 
 import dataclasses
 import itertools
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lookahead_drift import drift
-from test_drift import assert_close, ref_chain, ref_loss
+from reference import assert_close, ref_chain, ref_loss
 
 
 def test_streaming_matches_dense_and_reference_at_tile_edges():
@@ -42,16 +42,18 @@ def test_group_chunks_match_one_pass(chunk):
 
 
 def test_budget_picks_chunks_and_streaming():
+  impl = lambda cfg, n, num_targets: drift.plan_of(cfg, n=n, num_targets=num_targets).impl
+  groups_per_pass = lambda cfg, groups, n, num_targets: drift.plan_of(
+      cfg, n=n, num_targets=num_targets, num_groups=groups).groups_per_pass
   cfg = drift.LossConfig(memory_budget_mb=1.0)  # 1 MiB
-  assert cfg.field_spec(64, 128).impl == "dense"
-  assert cfg.groups_per_pass(100, 64, 128) == 2**20 // (4 * 64 * 128 * 11)
-  assert drift.LossConfig().groups_per_pass(10_000, 64, 128) == 32 * 2**20 // (4 * 64 * 128 * 11)
-  assert drift.LossConfig().groups_per_pass(4, 1024, 2048) == 4  # few large groups: one pass
-  assert drift.LossConfig().field_spec(1024, 2048).impl == "dense"  # 2 GiB default on CPU
-  assert cfg.field_spec(1024, 2048).impl == "streaming"
-  assert drift.LossConfig(group_chunk=7).groups_per_pass(100, 64, 128) == 7
-  assert drift.LossConfig(field_impl="dense", memory_budget_mb=1.0).field_spec(
-      1024, 2048).impl == "dense"
+  assert impl(cfg, 64, 128) == "dense"
+  assert groups_per_pass(cfg, 100, 64, 128) == 2**20 // (4 * 64 * 128 * 11)
+  assert groups_per_pass(drift.LossConfig(), 10_000, 64, 128) == 32 * 2**20 // (4 * 64 * 128 * 11)
+  assert groups_per_pass(drift.LossConfig(), 4, 1024, 2048) == 4  # few large groups: one pass
+  assert impl(drift.LossConfig(), 1024, 2048) == "dense"  # 2 GiB default on CPU
+  assert impl(cfg, 1024, 2048) == "streaming"
+  assert groups_per_pass(drift.LossConfig(group_chunk=7), 100, 64, 128) == 7
+  assert impl(drift.LossConfig(field_impl="dense", memory_budget_mb=1.0), 1024, 2048) == "dense"
 
 
 def test_dense_flops_are_one_distance_and_one_affinity_product_per_temperature():
@@ -60,8 +62,8 @@ def test_dense_flops_are_one_distance_and_one_affinity_product_per_temperature()
   cfg = drift.LossConfig()
   x = jnp.zeros((g, n, d))
   y = jnp.zeros((g, m, d))
-  compiled = drift._loss.lower({"f": x[None]}, {"f": y[None]}, {}, None, None,
-                               cfg).compile()
+  compiled = drift.loss._loss.lower({"f": x[None]}, {"f": y[None]}, {}, None, None,
+                                    cfg).compile()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   floor = (1 + len(cfg.temperatures)) * 2 * g * n * (n + m) * d

@@ -1,0 +1,86 @@
+"""How the fields are computed: dense or streaming, and how many feature groups per pass.
+
+Plain data that the maths never sees: `Execution` holds the settings (from `LossConfig` or a
+public function's arguments), `make_plan` turns them and the shapes into a `Plan`, and
+`fields_for` hands the chosen field function to the maths.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+
+from lookahead_drift.drift import field
+from lookahead_drift.drift import streaming
+from lookahead_drift.drift.checks import check_choice
+
+FIELD_IMPLS = ("auto", "dense", "streaming")
+CPU_PASS_BYTES = 32 * 2**20  # on CPU, cache-sized passes run about twice as fast ...
+CPU_MIN_GROUPS = 8           # ... but never fewer groups than this in one pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+  """The settings. impl: "dense", "streaming" or "auto" (dense while one group's matrices fit
+  the budget). memory_budget_mb: what one pass may hold (0: 2 GiB on CPU, 8 GiB elsewhere).
+  group_chunk: groups per pass (0: as many as fit). block_size: streaming tiles."""
+  impl: str = "auto"
+  memory_budget_mb: float = 0.0
+  group_chunk: int = 0
+  block_size: int = 1024
+
+  def __post_init__(self):
+    check_choice("field_impl", self.impl, FIELD_IMPLS)
+    if self.block_size < 1:
+      raise ValueError(f"block_size must be >= 1, got {self.block_size!r}")
+    if self.memory_budget_mb < 0 or self.group_chunk < 0:
+      raise ValueError("memory_budget_mb and group_chunk must be >= 0, got "
+                       f"{self.memory_budget_mb!r}, {self.group_chunk!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What one feature map's loss does (hashable: a jit static argument)."""
+  impl: str = "dense"        # "dense" or "streaming", never "auto"
+  block_size: int = 1024     # streaming tiles: block_size samples × block_size targets
+  groups_per_pass: int = 1   # feature groups (rows) per pass
+
+
+def budget_bytes(execution: Execution, backend: str) -> float:
+  return (execution.memory_budget_mb or (2048 if backend == "cpu" else 8192)) * 2**20
+
+
+def bytes_per_group(n: int, num_targets: int, num_temps: int, plan: Plan) -> int:
+  """Rough peak of one group's field: a distance matrix plus ~3 [T, n, L] arrays per term."""
+  if plan.impl == "streaming":
+    n, num_targets = min(n, plan.block_size), min(num_targets, plan.block_size)
+  return 4 * n * num_targets * (2 + 3 * num_temps)
+
+
+def make_plan(execution: Execution, *, n: int, num_targets: int, num_temps: int,
+              num_groups: int = 1, backend: str | None = None) -> Plan:
+  """The plan for num_groups groups of n generated samples against num_targets targets."""
+  backend = backend or jax.default_backend()
+  budget = budget_bytes(execution, backend)
+  plan = Plan(impl="dense", block_size=execution.block_size)
+  impl = execution.impl
+  if impl == "auto":
+    fits = bytes_per_group(n, num_targets, num_temps, plan) <= budget
+    impl = "dense" if fits else "streaming"
+  plan = dataclasses.replace(plan, impl=impl)
+  if execution.group_chunk:
+    return dataclasses.replace(plan, groups_per_pass=min(execution.group_chunk, num_groups))
+  per_group = bytes_per_group(n, num_targets, num_temps, plan)
+  if backend == "cpu":
+    budget = min(budget, max(CPU_PASS_BYTES, CPU_MIN_GROUPS * per_group))
+  return dataclasses.replace(plan, groups_per_pass=int(max(1, min(num_groups,
+                                                                   budget // per_group))))
+
+
+def fields_for(plan: Plan):
+  """The field function (`field.fields`' arguments) that the plan picks."""
+  if plan.impl == "streaming":
+    return functools.partial(streaming.fields, block_size=plan.block_size)
+  return field.fields
