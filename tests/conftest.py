@@ -1,6 +1,5 @@
 """Fixtures shared by several test modules."""
 
-import gzip
 import importlib.util
 import os
 import pathlib
@@ -10,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from fake_data import write_idx
 from lookahead_drift import inception
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -40,13 +40,6 @@ def weights(converter, tmp_path_factory):
   subprocess.run([sys.executable, str(REPO / "tools" / "convert_inception.py")], env=env,
                  check=True, capture_output=True, text=True)
   return path
-
-
-def write_idx(path, array) -> None:
-  """A gzipped IDX file (the Fashion-MNIST format) holding uint8 `array`."""
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
 
 
 def stripes(n, rng):

@@ -6,8 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from fake_data import data_config, fashion_files
 from lookahead_drift import guidance, input_pipeline
-from test_input_pipeline import _config, _fashion_files
 
 
 def _guidance(**kw):
@@ -18,7 +18,7 @@ def _guidance(**kw):
 
 def _batches(name="checkerboard", start=0, count=3, **kw):
   kw = {"labels_per_step": 4, "pos_per_label": 5, "neg_per_label": 3, "seed": 7, **kw}
-  it = input_pipeline.create_class_dataset(_config(name=name, **kw.pop("data", {})),
+  it = input_pipeline.create_class_dataset(data_config(name=name, **kw.pop("data", {})),
                                            start_step=start, **kw)
   return [next(it) for _ in range(count)]
 
@@ -42,7 +42,7 @@ def test_toy_class_batches_hold_their_labels_points():
 def test_class_batches_resume_and_split_over_processes(tmp_path, name):
   data = {}
   if name == "fashion_mnist":
-    _fashion_files(str(tmp_path), n_train=200)
+    fashion_files(str(tmp_path), n_train=200)
     data = {"data_dir": str(tmp_path), "random_flip": True}
   whole = _batches(name, count=4, data=data)
   resumed = _batches(name, start=2, count=2, data=data)
@@ -58,7 +58,7 @@ def test_class_batches_resume_and_split_over_processes(tmp_path, name):
 
 
 def test_image_class_batches_are_that_class(tmp_path):
-  arrays = _fashion_files(str(tmp_path), n_train=300)
+  arrays = fashion_files(str(tmp_path), n_train=300)
   images, labels = arrays["train"]
   lookup = {images[i].tobytes(): labels[i] for i in range(len(images))}
   for b in _batches("fashion_mnist", data={"data_dir": str(tmp_path)}, labels_per_step=10):
@@ -74,7 +74,7 @@ def test_class_batch_errors_name_the_value(tmp_path):
     _batches("checkerboard", labels_per_step=9)
   with pytest.raises(ValueError, match="divisible"):
     _batches("checkerboard", labels_per_step=3, process_count=2)
-  _fashion_files(str(tmp_path), n_train=30)
+  fashion_files(str(tmp_path), n_train=30)
   with pytest.raises(ValueError, match="pos_per_label=40"):
     _batches("fashion_mnist", data={"data_dir": str(tmp_path)}, pos_per_label=40)
 

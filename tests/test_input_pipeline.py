@@ -8,34 +8,11 @@ import os
 import pickle
 import tarfile
 
-import ml_collections
 import numpy as np
 import pytest
 
+from fake_data import data_config, fashion_files
 from lookahead_drift import input_pipeline
-
-
-def _write_idx(path, array, compress=True):
-  """Writes uint8 `array` as an IDX file (magic 0x0000080N, big-endian dims)."""
-  header = bytes([0, 0, 8, array.ndim]) + np.asarray(array.shape, ">i4").tobytes()
-  blob = header + np.ascontiguousarray(array, np.uint8).tobytes()
-  with (gzip.open if compress else open)(path, "wb") as f:
-    f.write(blob)
-
-
-def _fashion_files(directory, n_train=37, n_test=11, compress=True):
-  rng = np.random.default_rng(0)
-  arrays = {}
-  for prefix, n in (("train", n_train), ("t10k", n_test)):
-    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = rng.integers(0, 10, n, dtype=np.uint8)
-    suffix = ".gz" if compress else ""
-    _write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte{suffix}"), images,
-               compress)
-    _write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte{suffix}"), labels,
-               compress)
-    arrays[prefix] = (images, labels)
-  return arrays
 
 
 def _cifar_batches(n_per_batch=4):
@@ -70,10 +47,6 @@ def _write_cifar_binary(path, batches):
       _add_to_tar(tar, f"cifar-10-batches-bin/{name}.bin", records.tobytes())
 
 
-def _config(**kwargs):
-  return ml_collections.ConfigDict({"split": "train", **kwargs})
-
-
 @pytest.fixture(autouse=True)
 def _clear_cache():
   input_pipeline._load_images_cached.cache_clear()
@@ -82,10 +55,10 @@ def _clear_cache():
 
 @pytest.mark.parametrize("compress", [True, False])
 def test_fashion_mnist_idx_round_trip(tmp_path, compress):
-  arrays = _fashion_files(tmp_path, compress=compress)
+  arrays = fashion_files(tmp_path, compress=compress)
   for split, prefix in (("train", "train"), ("test", "t10k")):
     images, labels = input_pipeline.load_images(
-        _config(name="fashion_mnist", data_dir=str(tmp_path), split=split))
+        data_config(name="fashion_mnist", data_dir=str(tmp_path), split=split))
     assert images.shape == (len(arrays[prefix][0]), 28, 28, 1) and images.dtype == np.uint8
     np.testing.assert_array_equal(images[..., 0], arrays[prefix][0])
     np.testing.assert_array_equal(labels, arrays[prefix][1])
@@ -93,8 +66,8 @@ def test_fashion_mnist_idx_round_trip(tmp_path, compress):
 
 
 def test_fashion_mnist_batches(tmp_path):
-  arrays = _fashion_files(tmp_path)
-  config = _config(name="fashion_mnist", data_dir=str(tmp_path), batch_size=8)
+  arrays = fashion_files(tmp_path)
+  config = data_config(name="fashion_mnist", data_dir=str(tmp_path), batch_size=8)
   batch = next(input_pipeline.create_dataset(config, seed=0))
   assert batch["image"].shape == (8, 28, 28, 1) and batch["image"].dtype == np.float32
   assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
@@ -107,8 +80,8 @@ def test_fashion_mnist_batches(tmp_path):
 
 
 def test_every_example_once_per_epoch(tmp_path):
-  _fashion_files(tmp_path, n_train=24)
-  config = _config(name="fashion_mnist", data_dir=str(tmp_path), batch_size=8)
+  fashion_files(tmp_path, n_train=24)
+  config = data_config(name="fashion_mnist", data_dir=str(tmp_path), batch_size=8)
   labels_seen = [b["image"] for b in itertools.islice(
       input_pipeline.create_dataset(config, seed=3), 3)]
   epoch = np.concatenate(labels_seen).reshape(24, -1)
@@ -117,8 +90,8 @@ def test_every_example_once_per_epoch(tmp_path):
 
 @pytest.mark.parametrize("name", ["eight_gaussians", "fashion_mnist"])
 def test_determinism_and_resume(tmp_path, name):
-  _fashion_files(tmp_path, n_train=20)  # 20 is not a multiple of 6: batches cross epochs.
-  config = _config(name=name, data_dir=str(tmp_path), batch_size=6, random_flip=True)
+  fashion_files(tmp_path, n_train=20)  # 20 is not a multiple of 6: batches cross epochs.
+  config = data_config(name=name, data_dir=str(tmp_path), batch_size=6, random_flip=True)
   full = list(itertools.islice(input_pipeline.create_dataset(config, seed=7), 9))
   again = list(itertools.islice(input_pipeline.create_dataset(config, seed=7), 9))
   resumed = list(itertools.islice(
@@ -135,8 +108,8 @@ def test_determinism_and_resume(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["checkerboard", "fashion_mnist"])
 def test_process_shards_partition_global_batch(tmp_path, name):
-  _fashion_files(tmp_path, n_train=40)
-  config = _config(name=name, data_dir=str(tmp_path), batch_size=12)
+  fashion_files(tmp_path, n_train=40)
+  config = data_config(name=name, data_dir=str(tmp_path), batch_size=12)
   for step in (0, 5):
     whole = next(input_pipeline.create_dataset(config, seed=1, start_step=step))
     shares = [next(input_pipeline.create_dataset(config, seed=1, process_index=p,
@@ -154,10 +127,10 @@ def test_process_shards_partition_global_batch(tmp_path, name):
 
 def test_batch_size_must_divide():
   with pytest.raises(ValueError, match="divisible by process_count=3"):
-    input_pipeline.create_dataset(_config(name="swiss_roll", batch_size=10), seed=0,
+    input_pipeline.create_dataset(data_config(name="swiss_roll", batch_size=10), seed=0,
                                   process_count=3)
   with pytest.raises(ValueError, match="name='mnist'"):
-    input_pipeline.create_dataset(_config(name="mnist", batch_size=10), seed=0)
+    input_pipeline.create_dataset(data_config(name="mnist", batch_size=10), seed=0)
 
 
 @pytest.mark.parametrize("name", input_pipeline.TOY_DATASETS)
@@ -166,7 +139,7 @@ def test_toy_samplers(name):
   assert points.shape == (4000, 2) and points.dtype == np.float32
   assert np.abs(points).max() < 5.0 and points.std() > 1.0
   np.testing.assert_array_equal(points, input_pipeline.sample_toy(name, 4000, 0))
-  batch = next(input_pipeline.create_dataset(_config(name=name, batch_size=16), seed=0))
+  batch = next(input_pipeline.create_dataset(data_config(name=name, batch_size=16), seed=0))
   assert batch["image"].shape == (16, 2) and batch["label"].dtype == np.int32
 
 
@@ -184,17 +157,17 @@ def test_toy_shapes_are_right():
 
 def test_fashion_mnist_missing_and_damaged(tmp_path):
   with pytest.raises(FileNotFoundError, match="apt-get install -y dataset-fashion-mnist"):
-    input_pipeline.load_images(_config(name="fashion_mnist", data_dir=str(tmp_path)))
-  _fashion_files(tmp_path)
+    input_pipeline.load_images(data_config(name="fashion_mnist", data_dir=str(tmp_path)))
+  fashion_files(tmp_path)
   path = tmp_path / "train-images-idx3-ubyte.gz"
   path.write_bytes(path.read_bytes()[:100])  # Truncated gzip stream.
   with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
-    input_pipeline.load_images(_config(name="fashion_mnist", data_dir=str(tmp_path)))
+    input_pipeline.load_images(data_config(name="fashion_mnist", data_dir=str(tmp_path)))
   input_pipeline._load_images_cached.cache_clear()
   with gzip.open(path, "wb") as f:  # Valid gzip, header claims more data than present.
     f.write(bytes([0, 0, 8, 3]) + np.asarray([5, 28, 28], ">i4").tobytes() + b"\0" * 100)
   with pytest.raises(ValueError, match="truncated or damaged"):
-    input_pipeline.load_images(_config(name="fashion_mnist", data_dir=str(tmp_path)))
+    input_pipeline.load_images(data_config(name="fashion_mnist", data_dir=str(tmp_path)))
 
 
 @pytest.mark.parametrize("fmt", ["python", "binary", "python_dir"])
@@ -209,40 +182,40 @@ def test_cifar10_formats(tmp_path, fmt):
         tar.extractall(tmp_path, filter="data")
       os.remove(tmp_path / "cifar-10-python.tar.gz")
   train_images, train_labels = input_pipeline.load_images(
-      _config(name="cifar10", data_dir=str(tmp_path)))
+      data_config(name="cifar10", data_dir=str(tmp_path)))
   expected = np.concatenate([batches[f"data_batch_{i}"][0] for i in range(1, 6)])
   assert train_images.shape == (20, 32, 32, 3)
   np.testing.assert_array_equal(train_images, expected)
   np.testing.assert_array_equal(
       train_labels, np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)]))
   test_images, _ = input_pipeline.load_images(
-      _config(name="cifar10", data_dir=str(tmp_path), split="test"))
+      data_config(name="cifar10", data_dir=str(tmp_path), split="test"))
   np.testing.assert_array_equal(test_images, batches["test_batch"][0])
   batch = next(input_pipeline.create_dataset(
-      _config(name="cifar10", data_dir=str(tmp_path), batch_size=4), seed=0))
+      data_config(name="cifar10", data_dir=str(tmp_path), batch_size=4), seed=0))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
 
 
 def test_cifar10_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="cifar-10-python.tar.gz"):
-    input_pipeline.load_images(_config(name="cifar10", data_dir=str(tmp_path)))
+    input_pipeline.load_images(data_config(name="cifar10", data_dir=str(tmp_path)))
   (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"not a tar file at all")
   with pytest.raises(ValueError, match="damaged"):
-    input_pipeline.load_images(_config(name="cifar10", data_dir=str(tmp_path)))
+    input_pipeline.load_images(data_config(name="cifar10", data_dir=str(tmp_path)))
   # A pickle that would call an arbitrary global is refused, not executed.
   input_pipeline._load_images_cached.cache_clear()
   with tarfile.open(tmp_path / "cifar-10-python.tar.gz", "w:gz") as tar:
     for name in [f"data_batch_{i}" for i in range(1, 6)]:
       _add_to_tar(tar, f"cifar-10-batches-py/{name}", pickle.dumps(collections.OrderedDict(a=1)))
   with pytest.raises(ValueError, match="data_batch_1"):
-    input_pipeline.load_images(_config(name="cifar10", data_dir=str(tmp_path)))
+    input_pipeline.load_images(data_config(name="cifar10", data_dir=str(tmp_path)))
 
 
 def test_cifar10_tfds_mock():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=6, policy=tfds.testing.MockPolicy.USE_CODE):
     images, labels = input_pipeline.load_images(
-        _config(name="cifar10", source="tfds", split="train"))
+        data_config(name="cifar10", source="tfds", split="train"))
   assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
   assert labels.shape == (6,) and labels.dtype == np.int32
   assert labels.min() >= 0 and labels.max() < 10

@@ -50,7 +50,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import toy2d  # noqa: E402
-from lookahead_drift import drift, encoder, experiment, input_pipeline, models, toy_metrics  # noqa: E402
+from lookahead_drift import encoder, experiment, input_pipeline, models, toy_metrics  # noqa: E402
 
 TRAIN, VALID, TEST = 0, 1, 2  # independent streams of target samples
 TUNE_SEED_OFFSET = 1000  # tuning runs use other initialisations and data than the study
@@ -135,15 +135,6 @@ def study_arms(quick: bool = False) -> list[ArmSpec]:
                    equal_time_of="k=0",
                    note="eq. 6, trained for the steps k = 0's run takes in wall time") for k in ks]
   return arms
-
-
-def has_chain_field() -> bool:
-  return "chain" in {f.name for f in dataclasses.fields(drift.LossConfig)}
-
-
-def available(spec: ArmSpec) -> bool:
-  """False for arms that need a LossConfig field this checkout's drift.py lacks."""
-  return has_chain_field() or "chain" not in dict(spec.loss)
 
 
 def slug(name: str) -> str:
@@ -327,7 +318,7 @@ def lr_factor(spec: ArmSpec, tune: dict[str, Any]) -> float:
 def stage_timing(s: Settings, out: str, tune: dict[str, Any], log: Callable) -> dict[str, Any]:
   """Seconds per step of each arm (all runs vmapped), chunks timed in rotating order."""
   runs = [(name, seed) for name in s.datasets for seed in range(s.num_seeds)]
-  specs = [a for a in study_arms(s is QUICK) if available(a) and a.group != "equal_time"]
+  specs = [a for a in study_arms(s is QUICK) if a.group != "equal_time"]
   ts = dataclasses.replace(s, chunk=s.timing_steps)
   arms = [make_arm(ts, a, lr_factor(a, tune), s.num_steps) for a in specs]
   batch = real_batches(ts, runs, 0)
@@ -371,9 +362,6 @@ def stage_study(s: Settings, out: str, tune: dict[str, Any], timing: dict[str, A
   for spec in study_arms(s is QUICK):
     path = os.path.join(out, "arms", slug(spec.name))
     if only and spec.name not in only:
-      continue
-    if not available(spec):
-      log(f"  skip {spec.name}: drift.LossConfig has no field 'chain' in this checkout")
       continue
     if skip_existing and os.path.exists(path + ".json"):
       log(f"  skip {spec.name}: {path}.json exists")
@@ -749,7 +737,7 @@ def machine_info() -> dict[str, Any]:
                             cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
   except OSError:
     commit = "unknown"
-  return {"cpu": cpu, "cores": os.cpu_count(), "git": commit, "chain_field": has_chain_field(), "affinity": sorted(os.sched_getaffinity(0)),
+  return {"cpu": cpu, "cores": os.cpu_count(), "git": commit, "affinity": sorted(os.sched_getaffinity(0)),
           "jax": jax.__version__, "device": str(jax.devices()[0]),
           "load": [round(v, 2) for v in os.getloadavg()]}
 
