@@ -133,7 +133,16 @@ class SelfAttention(nn.Module):
     return x + y.reshape(b, h, w, c)
 
 
-class UNetGenerator(nn.Module):
+class _ImageGenerator(nn.Module):
+  """The fields every image generator shares: conditioning, output range, compute dtype."""
+
+  num_classes: int = 0
+  alpha_conditioning: bool = False
+  output_activation: str = "tanh"
+  dtype: Any = jnp.float32
+
+
+class UNetGenerator(_ImageGenerator):
   """Noise image [B, H, W, C_in] -> image [B, H, W, out_channels], one forward pass.
 
   H and W must be divisible by 2**(len(channel_mults) - 1). The output goes through tanh
@@ -145,10 +154,6 @@ class UNetGenerator(nn.Module):
   channel_mults: Sequence[int] = (1, 2, 2)
   num_res_blocks: int = 1
   attention: bool = True  # Self-attention at the lowest resolution.
-  num_classes: int = 0
-  alpha_conditioning: bool = False
-  output_activation: str = "tanh"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, noise: jax.Array, labels: jax.Array | None = None,
@@ -219,7 +224,7 @@ class DiTBlock(nn.Module):
     return x + gate2 * h
 
 
-class DiTGenerator(nn.Module):
+class DiTGenerator(_ImageGenerator):
   """Noise image [B, H, W, C_in] -> image [B, H, W, out_channels] by a small DiT: p x p patches
   as tokens with a learned position embedding, `depth` adaLN-Zero blocks conditioned on label
   and alpha (a learned vector when unconditional), a linear map back to pixels."""
@@ -230,10 +235,6 @@ class DiTGenerator(nn.Module):
   depth: int = 4
   num_heads: int = 4
   mlp_ratio: int = 4
-  num_classes: int = 0
-  alpha_conditioning: bool = False
-  output_activation: str = "tanh"
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, noise: jax.Array, labels: jax.Array | None = None,
