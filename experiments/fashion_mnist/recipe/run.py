@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from configs import fashion_mnist_cpu
+from configs import common, fashion_mnist_cpu
 from lookahead_drift import inference, input_pipeline, pictures, proxy_metric, train_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,6 +39,12 @@ ARMS = {
     "k1": ({"loss.num_lookahead": 1}, "base"),  # lookahead, eq. 6 as written (issue 22)
     "dit": ({"model.name": "dit", "model.patch_size": 4, "model.width": 128, "model.depth": 4,
              "model.num_heads": 4}, "base"),
+    # The raw image as one more feature group (the official feature set has raw tokens).
+    "raw_pixels": ({"encoder.include_raw": True}, "base"),
+    # Class-conditional without guidance: per step 6 generated and 12 real images per class, so
+    # each sample is drifted only against its own class (60 generated, near the base's 64).
+    "cond": ({"data.batch_size": 120, "conditional": dict(
+        labels_per_step=10, gen_per_label=6, neg_per_label=0, cfg_max=1.0)}, "base"),
 }
 
 
@@ -53,6 +59,9 @@ def arm_config(name: str, steps: int):
   config.log_every = 50
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, steps // 10)
   for key, value in overrides.items():
+    if key == "conditional":  # sampled with uniform labels at α = 1 (inference.generate)
+      common.make_conditional(config, **value)
+      continue
     *parents, leaf = key.split(".")
     section = config
     for p in parents:
