@@ -97,8 +97,8 @@ def save_grid(path: str, images: np.ndarray, scorer) -> None:
                                classes=range(10))
 
 
-def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_path: str,
-          step: int | None = None):
+def score(workdir: str, scorer, reference_features: np.ndarray, num: int,
+          grid_path: str | None, step: int | None = None):
   """Proxy scores of `num` samples of the EMA and the raw parameters, and a grid of each (one
   row per class the proxy net assigns). At a few hundred steps the EMA (decay 0.999) still
   holds much of the initialisation, so short arms are ranked by the raw parameters."""
@@ -113,7 +113,8 @@ def score(workdir: str, scorer, reference_features: np.ndarray, num: int, grid_p
     labels = scorer.classify(images)
     out[which]["class_shares"] = [round(float(v), 4) for v in
                                   np.bincount(labels, minlength=10) / len(images)]
-    save_grid(f"{grid_path}_{which}.png", images, scorer)
+    if grid_path:
+      save_grid(f"{grid_path}_{which}.png", images, scorer)
   return out
 
 

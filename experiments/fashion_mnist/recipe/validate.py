@@ -81,15 +81,16 @@ def _samples(name: str, n: int, runs: str) -> np.ndarray:
                                               jax.random.PRNGKey(0)))
 
 
-def inception_sets(names, n: int, runs: str, scorer) -> None:
+def inception_sets(names, n: int, runs: str, scorer, out: str = OUT) -> None:
+  """Inception FID/KID and the proxy of the first n samples of each set: out/NAME_nN.json."""
   extractor = inception.FeatureExtractor(None, batch_size=25)
   test_feats = fid_kid.dataset_features("fashion_mnist", "test", extractor,
                                         cache_dir=fid_kid.default_feature_cache())
   test_stats = fid_kid.stats_from_features(test_feats)
   proxy_ref = scorer.features(_test_images())
-  os.makedirs(OUT, exist_ok=True)
+  os.makedirs(out, exist_ok=True)
   for name in names:
-    path = os.path.join(OUT, f"{name}_n{n}.json")
+    path = os.path.join(out, f"{name}_n{n}.json")
     if os.path.exists(path):
       continue
     images = _samples(name, n, runs)

@@ -1,0 +1,233 @@
+"""Does lookahead help on images? Paired arms on the Fashion-MNIST recipe (issue 22).
+
+  taskset -c 0 python experiments/fashion_mnist/lookahead/study.py --lane=0 &
+  taskset -c 1 python experiments/fashion_mnist/lookahead/study.py --lane=1 &
+  python experiments/fashion_mnist/lookahead/study.py --time      # step cost per arm, quiet machine
+  python experiments/fashion_mnist/lookahead/study.py --inception # 2,000-sample Inception FID/KID
+  python experiments/fashion_mnist/lookahead/study.py --report    # paired differences to k = 0
+
+Every arm is the recipe's conditional arm (experiments/fashion_mnist/recipe/run.py, arm
+"cond": configs/fashion_mnist_cpu_cond.py at --steps steps) with loss options changed; seed s fixes the initialisation, the noise
+and the data order, so arms with one seed are paired. A lane takes the next (seed, arm) with
+no result (seeds first), trains it (a killed arm resumes from its checkpoint), scores the raw
+and EMA parameters of every kept checkpoint with the proxy (5,000 samples against the 10,000
+test images) and writes results/ARM_sSEED.json. Nothing finished is ever redone.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "recipe"))
+import run as recipe  # noqa: E402  (experiments/fashion_mnist/recipe/run.py)
+from lookahead_drift import experiment, inference, proxy_metric, train_loop  # noqa: E402
+
+# name -> config.loss overrides. k0 is the baseline every difference is taken to.
+ARMS = {
+    "k0": {},
+    "k1": {"num_lookahead": 1},                            # eq. 6 as written: η = 1, raw sum
+    "k2": {"num_lookahead": 2},
+    "k1_norm": {"num_lookahead": 1, "term_scaling": "norm", "norm_momentum": 0.9},
+    "adaptive": {"num_lookahead": 2, "lookahead_tol": 0.5},
+    "k1_summed": {"num_lookahead": 1, "chain": "summed"},  # one chain pushed by the summed field
+}
+SEEDS = (0, 1, 2)
+
+
+def arm_config(arm: str, seed: int, steps: int):
+  config = recipe.arm_config("cond", steps)
+  config.seed = seed
+  config.checkpoint.update(dict(every=max(steps // 4, 1), keep=8))  # every curve point kept
+  for key, value in ARMS[arm].items():
+    config.loss[key] = value
+  return config
+
+
+def result_path(arm: str, seed: int) -> str:
+  return os.path.join(HERE, "results", f"{arm}_s{seed}.json")
+
+
+def train_and_score(arm, seed, args, scorer, reference):
+  config = arm_config(arm, seed, args.steps)
+  workdir = os.path.join(args.runs, f"{arm}_s{seed}")
+  print(f"[lane {args.lane}] {arm} seed {seed}: {ARMS[arm]}", flush=True)
+  tic = time.perf_counter()
+  train_loop.run(config, workdir)
+  train_seconds = time.perf_counter() - tic
+  curve = []
+  for step in inference.checkpoint_steps(workdir):
+    grid = os.path.join(HERE, "grids", f"{arm}_s{seed}") if step == args.steps else None
+    scores = recipe.score(workdir, scorer, reference, args.num_samples, grid, step=step)
+    curve.append(scores)
+  record = dict(arm=arm, seed=seed, loss_overrides=ARMS[arm], steps=args.steps,
+                train_seconds=round(train_seconds, 1), lane=args.lane,
+                command=" ".join(sys.argv), terms_used=_terms_used(workdir), curve=curve)
+  with open(result_path(arm, seed), "w") as f:
+    json.dump(record, f, indent=2)
+  print(f"[lane {args.lane}] {arm} seed {seed}: raw proxy FD "
+        f"{curve[-1]['raw']['proxy_fd']:.2f} ({train_seconds / 60:.1f} min)", flush=True)
+
+
+def _terms_used(workdir: str) -> float | None:
+  """Mean lookahead terms per step over the run, from metrics.jsonl (adaptive chains)."""
+  values = []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      record = json.loads(line)
+      for key, value in record.items():
+        if key.endswith("terms_used"):
+          values.append(float(value))
+  return float(np.mean(values)) if values else None
+
+
+def time_arms(arms, steps: int, rounds: int) -> dict:
+  """Seconds per train step of each arm, interleaved over `rounds` (one process, one batch)."""
+  built = {}
+  for arm in arms:
+    exp = experiment.create_experiment(arm_config(arm, 0, 700))
+    batch = next(experiment.create_dataset(exp.config, 0))
+    batch = jax.device_put(experiment.train_inputs(batch))
+    state = exp.state
+    for _ in range(2):  # compile and warm up
+      state, metrics = exp.step_fn(state, batch, exp.encoder_params)
+    jax.block_until_ready(metrics)
+    built[arm] = [exp, batch, state]
+  times = {arm: [] for arm in arms}
+  for _ in range(rounds):
+    for arm in arms:
+      exp, batch, state = built[arm]
+      tic = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = exp.step_fn(state, batch, exp.encoder_params)
+      jax.block_until_ready(metrics)
+      times[arm].append((time.perf_counter() - tic) / steps)
+      built[arm][2] = state
+  base = np.array(times[arms[0]])
+  return {arm: dict(seconds_per_step=float(np.median(t)), spread=[float(min(t)), float(max(t))],
+                    ratio_to_first=float(np.median(np.array(t) / base)),
+                    ratio_spread=[float(min(np.array(t) / base)), float(max(np.array(t) / base))])
+          for arm, t in times.items()}
+
+
+def load_results() -> dict:
+  """{(arm, seed): record} of every finished arm, with its Inception record if scored."""
+  out = {}
+  for arm in ARMS:
+    for seed in SEEDS:
+      if os.path.exists(result_path(arm, seed)):
+        with open(result_path(arm, seed)) as f:
+          record = json.load(f)
+        inc = os.path.join(HERE, "results", "inception", f"{arm}_s{seed}_n2000.json")
+        if os.path.exists(inc):
+          with open(inc) as f:
+            record["inception"] = json.load(f)
+        out[(arm, seed)] = record
+  return out
+
+
+def bootstrap_ci(values, num: int = 10_000, seed: int = 0) -> tuple[float, float]:
+  """95 % percentile interval of the mean of `values` (resampled over seeds)."""
+  values = np.asarray(values, np.float64)
+  rng = np.random.default_rng(seed)
+  means = values[rng.integers(0, len(values), (num, len(values)))].mean(axis=1)
+  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired(results: dict, metric) -> dict:
+  """arm -> {seeds, values, mean difference to k0 and its bootstrap interval} for `metric`
+  (a function of a record, or None where the record lacks it), over seeds that both have."""
+  out = {}
+  for arm in ARMS:
+    seeds = [s for s in SEEDS if (arm, s) in results and ("k0", s) in results
+             and metric(results[(arm, s)]) is not None and metric(results[("k0", s)]) is not None]
+    if not seeds:
+      continue
+    values = [metric(results[(arm, s)]) for s in seeds]
+    diffs = [v - metric(results[("k0", s)]) for v, s in zip(values, seeds)]
+    out[arm] = dict(seeds=seeds, values=values, mean=float(np.mean(values)),
+                    diff=float(np.mean(diffs)), diffs=diffs,
+                    ci=bootstrap_ci(diffs) if len(diffs) > 1 else None)
+  return out
+
+
+def report() -> str:
+  """Markdown: per arm the raw proxy FD at the last step (and Inception FID/KID where scored),
+  paired differences to k0 with a bootstrap 95 % interval over seeds."""
+  results = load_results()
+  metrics = {
+      "proxy FD (raw, 5,000)": lambda r: r["curve"][-1]["raw"]["proxy_fd"],
+      "Inception FID (raw, 2,000)": lambda r: r.get("inception", {}).get("inception_fid"),
+      "Inception KID (raw, 2,000)": lambda r: (r.get("inception", {}).get("inception_kid")
+                                               or [None])[0],
+  }
+  lines = []
+  for name, metric in metrics.items():
+    table = paired(results, metric)
+    if not table:
+      continue
+    lines += [f"**{name}**", "", "| arm | seeds | per seed | mean | difference to k0 | 95 % "
+              "interval (bootstrap over seeds) |", "|---|---|---|---|---|---|"]
+    for arm, row in table.items():
+      ci = "n/a (one seed)" if row["ci"] is None else f"[{row['ci'][0]:+.2f}, {row['ci'][1]:+.2f}]"
+      lines.append(f"| {arm} | {','.join(map(str, row['seeds']))} | "
+                   f"{', '.join(f'{v:.2f}' for v in row['values'])} | {row['mean']:.2f} | "
+                   f"{row['diff']:+.2f} | {ci} |")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--lane", type=int, default=0)
+  parser.add_argument("--steps", type=int, default=700)
+  parser.add_argument("--num_samples", type=int, default=5000)
+  parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
+  parser.add_argument("--seeds", default="", help="comma-separated subset (default: 0,1,2)")
+  parser.add_argument("--runs", default="/work/runs/lookahead")
+  parser.add_argument("--time", action="store_true", help="time each arm's step, then exit")
+  parser.add_argument("--time_steps", type=int, default=5)
+  parser.add_argument("--time_rounds", type=int, default=3)
+  parser.add_argument("--inception", action="store_true",
+                      help="Inception FID/KID of 2,000 raw samples of each finished arm, then exit")
+  parser.add_argument("--report", action="store_true", help="print the paired table, then exit")
+  args = parser.parse_args(argv)
+  arms = [a for a in args.arms.split(",") if a] or list(ARMS)
+  seeds = [int(s) for s in args.seeds.split(",") if s] or list(SEEDS)
+  if args.report:
+    print(report())
+    return
+  if args.inception:
+    import validate  # noqa: E402  (experiments/fashion_mnist/recipe/validate.py)
+    scorer = proxy_metric.load(os.path.join(os.path.dirname(HERE), "recipe", "proxy_net.npz"))
+    names = [f"{a}_s{s}" for s in seeds for a in arms if os.path.exists(result_path(a, s))]
+    validate.inception_sets(names, 2000, args.runs, scorer,
+                            out=os.path.join(HERE, "results", "inception"))
+    return
+  if args.time:
+    result = dict(time_arms(arms, args.time_steps, args.time_rounds), machine=os.uname().nodename,
+                  load=os.getloadavg(), command=" ".join(sys.argv))
+    print(json.dumps(result, indent=2))
+    with open(os.path.join(HERE, "results", "step_cost.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    return
+  for d in ("results", "grids"):
+    os.makedirs(os.path.join(HERE, d), exist_ok=True)
+  os.makedirs(args.runs, exist_ok=True)
+  scorer = proxy_metric.load(os.path.join(os.path.dirname(HERE), "recipe", "proxy_net.npz"))
+  reference = scorer.features(recipe.test_images())
+  for seed in seeds:
+    for arm in arms:
+      if os.path.exists(result_path(arm, seed)) or not recipe._claim(  # pylint: disable=protected-access
+          os.path.join(args.runs, f"{arm}_s{seed}.claim")):
+        continue
+      train_and_score(arm, seed, args, scorer, reference)
+
+
+if __name__ == "__main__":
+  main()
