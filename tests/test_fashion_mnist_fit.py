@@ -40,3 +40,12 @@ def test_class_grid_puts_each_class_on_its_row():
   assert np.all(rows[7] == 70) and np.all(rows[4] == 0)
   # Row 3 holds samples 3, 4 (relabelled 3) and 13, in order: values 30, 40, 30.
   assert [int(grid[1 + 3 * 3, 1 + c * 4, 0]) for c in range(3)] == [30, 40, 30]
+
+
+def test_label_agreement_counts_samples_classified_as_their_label():
+  fit = load_fit()
+  labels = np.array([0, 1, 2, 0, 1, 2])
+  predicted = np.array([0, 1, 0, 0, 2, 2])
+  got = fit.label_agreement(predicted, labels, 3)
+  assert got["all"] == 4 / 6
+  assert got["T-shirt/top"] == 1.0 and got["Trouser"] == 0.5 and got["Pullover"] == 0.5

@@ -43,6 +43,15 @@ def nearest_distances(queries: np.ndarray, bank: np.ndarray, chunk: int = 1000) 
   return np.concatenate([np.asarray(o) for o in out])
 
 
+def label_agreement(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+  """For a conditional generator: the share of samples the classifier assigns to the label they
+  were generated with, overall and per label (the classifier's own test accuracy bounds it)."""
+  hit = predicted == labels
+  return {"all": float(np.mean(hit)),
+          **{CLASSES[c]: float(np.mean(hit[labels == c])) for c in range(num_classes)
+             if np.any(labels == c)}}
+
+
 def save_histogram(path: str, samples: np.ndarray, test: np.ndarray) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -94,6 +103,10 @@ def main(argv):
   classify = encoder_training.load_classifier(FLAGS.classifier)
   predicted = classify(images)
   shares = np.bincount(predicted, minlength=len(CLASSES)) / len(predicted)
+  num_classes = config.model.get("num_classes", 0) or 0
+  agreement = ({"label_agreement": label_agreement(
+      predicted, inference.cycling_labels(len(images), num_classes), num_classes)}
+      if num_classes else {})  # inference.generate's default labels
   d_samples = nearest_distances(images, train_images)
   d_test = nearest_distances(test, train_images)
   results = {
@@ -105,7 +118,7 @@ def main(argv):
       **({"kid_vs_test": fid_kid.kid(feats["samples"], feats["test"])}
          if "test" in FLAGS.references else {}),
       "classifier_test_accuracy": float(np.mean(classify(test) == test_labels)),
-      "class_shares": {name: float(s) for name, s in zip(CLASSES, shares)},
+      "class_shares": {name: float(s) for name, s in zip(CLASSES, shares)}, **agreement,
       "nearest_train_distance": {
           name: {q: float(np.quantile(d, q)) for q in (0.01, 0.1, 0.5, 0.9)}
           for name, d in (("samples", d_samples), ("test", d_test))},
