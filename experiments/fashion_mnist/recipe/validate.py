@@ -149,7 +149,8 @@ def final(samples_path: str, scorer) -> dict:
          **_proxy(images, scorer.features(test), scorer)}
   shares = np.bincount(scorer.classify(images), minlength=10) / len(images)
   out["proxy_class_shares"] = [round(float(x), 4) for x in shares]
-  with open(os.path.join(HERE, "results", "final_proxy.json"), "w") as f:
+  name = os.path.basename(os.path.dirname(os.path.abspath(samples_path)))  # final, final_cond
+  with open(os.path.join(HERE, "results", f"{name}_proxy.json"), "w") as f:
     json.dump(out, f, indent=2)
   return out
 
