@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from lookahead_drift import experiment, input_pipeline, models
@@ -42,9 +43,9 @@ def make_config(overrides: Mapping[str, Any] = {}, arg: str | None = None,
     *parents, leaf = path.split(".")
     node = config
     for part in parents:
-      node = node[part]
-    if leaf not in node:
-      raise KeyError(f"{path!r} is not a field of configs/{name}.py")
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise ValueError(f"{path!r} is not a field of configs/{name}.py")
     node[leaf] = value
   return config
 
