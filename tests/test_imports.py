@@ -106,3 +106,16 @@ def test_all_modules_import_together():
   assert {"lookahead_drift.drift", "lookahead_drift.train", "lookahead_drift.evaluate"} <= set(names)
   for name in names:  # e.g. two binaries defining --config at import time would clash here
     importlib.import_module(name)
+
+
+def test_studies_import_as_a_package_and_the_library_never_imports_them():
+  """experiments/ is a package (`python -m experiments.toy2d.run`, no sys.path edits); the
+  library does not depend on it."""
+  for name in ("experiments.stats", "experiments.toy2d.run", "experiments.toy2d.fit"):
+    importlib.import_module(name)  # their flags are defined under `__main__` only: no clash
+  for path in PACKAGE.rglob("*.py"):
+    names = [node.module or "" for node in ast.walk(_parse(path))
+             if isinstance(node, ast.ImportFrom)]
+    names += [a.name for node in ast.walk(_parse(path)) if isinstance(node, ast.Import)
+              for a in node.names]
+    assert not [n for n in names if n.split(".")[0] == "experiments"], path

@@ -1,36 +1,29 @@
-"""experiments/toy2d/run.py: --quick runs every stage end to end; the statistics against hand values."""
+"""experiments/toy2d (run.py and its modules): --quick runs every stage end to end; the
+statistics against hand values."""
 
-import importlib.util
 import json
 import math
 import os
+import pathlib
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-_RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                    "experiments", "toy2d", "run.py")
+from configs import toy2d
+from experiments import stats
+from experiments.toy2d import analysis, design, stages
 
-
-def _load_run_module():
-  spec = importlib.util.spec_from_file_location("toy2d_study_run", _RUN)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module  # dataclasses look their module up there
-  spec.loader.exec_module(module)
-  return module
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run():
-  return _load_run_module()
-
-
-@pytest.fixture(scope="module")
-def quick(run, tmp_path_factory):
+def quick(tmp_path_factory):
   out = str(tmp_path_factory.mktemp("toy2d"))
-  results = run.main([f"--out={out}", "--quick"])
-  return out, results
+  subprocess.run([sys.executable, "-m", "experiments.toy2d.run", f"--out={out}", "--quick"],
+                 cwd=REPO, check=True)
+  return out, {"analysis": _read(out, "results.json")}
 
 
 def _read(out, name):
@@ -41,7 +34,7 @@ def _read(out, name):
 # ------------------------------------------------------------------------- the quick pipeline
 
 
-def test_quick_writes_all_outputs(run, quick):
+def test_quick_writes_all_outputs(quick):
   out, _ = quick
   for name in ("curves.png", "controls.png", "samples.png", "samples_controls.png"):
     with open(os.path.join(out, name), "rb") as fh:
@@ -53,42 +46,42 @@ def test_quick_writes_all_outputs(run, quick):
                 "k=1 vs k=0 lr×2"):
     assert label in table
   # Every arm of the quick study was trained and saved.
-  expected = {a.name for a in run.study_arms(quick=True)}
+  expected = {a.name for a in design.study_arms(quick=True)}
   assert set(_read(out, "results.json")["arms_present"]) == expected
 
 
-def test_quick_tune_picks_the_lowest_validation_score(run, quick):
+def test_quick_tune_picks_the_lowest_validation_score(quick):
   out, _ = quick
   tune = _read(out, "tune.json")
   assert set(tune["methods"]) == {"k=0", "k=1"}
   for m in tune["methods"].values():
     scores = {float(f): v for f, v in m["scores"].items()}
-    assert set(scores) == set(run.QUICK.lr_factors)
+    assert set(scores) == set(design.QUICK.lr_factors)
     assert m["chosen"] == min(scores, key=scores.get)
     for f, by_ds in m["by_dataset"].items():  # the score is the mean over data sets
       assert math.isclose(m["scores"][f], np.mean(list(by_ds.values())), rel_tol=1e-12)
 
 
-def test_quick_arms_shaped_finite_and_using_their_lr(run, quick):
+def test_quick_arms_shaped_finite_and_using_their_lr(quick):
   out, _ = quick
-  s, tune, timing = run.QUICK, _read(out, "tune.json"), _read(out, "timing.json")
+  s, tune, timing = design.QUICK, _read(out, "tune.json"), _read(out, "timing.json")
   chosen = {n: m["chosen"] for n, m in tune["methods"].items()}
-  for spec in run.study_arms(quick=True):
-    rec = _read(out, os.path.join("arms", run.slug(spec.name) + ".json"))
+  for spec in design.study_arms(quick=True):
+    rec = _read(out, os.path.join("arms", design.slug(spec.name) + ".json"))
     steps = rec["num_steps"]
     if spec.equal_time_of is None:
       assert steps == s.num_steps
     else:
-      assert steps == run.equal_time_steps(s, spec, timing)
+      assert steps == stages.equal_time_steps(s, spec, timing)
     assert rec["lr_factor"] == chosen[spec.lr_of] * spec.lr_mult
-    base_lr = run.toy2d.get_config().optimizer.learning_rate
+    base_lr = toy2d.get_config().optimizer.learning_rate
     assert math.isclose(rec["learning_rate"], base_lr * rec["lr_factor"], rel_tol=1e-9)
     assert rec["step"] == sorted(set(range(0, steps + 1, s.eval_every)) | {steps})
     assert rec["pr_step"][-1] == steps
     for ds in s.datasets:
       d = rec["datasets"][ds]
       assert len(d["energy"]) == len(rec["step"]) and len(d["precision"]) == len(rec["pr_step"])
-      for m in run.METRICS:
+      for m in design.METRICS:
         flat = [v for row in d[m] for v in row]
         assert all(len(row) == s.num_seeds for row in d[m])
         assert all(math.isfinite(v) for v in flat)
@@ -98,10 +91,10 @@ def test_quick_arms_shaped_finite_and_using_their_lr(run, quick):
   assert all(a["min"] <= a["median"] <= a["max"] for a in timing["arms"].values())
 
 
-def test_quick_analysis_diffs_are_paired_by_seed(run, quick):
+def test_quick_analysis_diffs_are_paired_by_seed(quick):
   out, results = quick
   res = results["analysis"]["analysis"]
-  for ds in run.QUICK.datasets:
+  for ds in design.QUICK.datasets:
     k0 = _read(out, "arms/k0.json")["datasets"][ds]["energy"][-1]
     k1 = _read(out, "arms/k1.json")["datasets"][ds]["energy"][-1]
     p = res["final"][ds]["k=1"]["energy"]["vs_k0"]
@@ -113,68 +106,68 @@ def test_quick_analysis_diffs_are_paired_by_seed(run, quick):
 # -------------------------------------------------------------------------------- statistics
 
 
-def test_bootstrap_is_exact_for_few_seeds(run):
+def test_bootstrap_is_exact_for_few_seeds():
   # Two seeds, differences (0, 1): the 4 ordered resamples have means 0, 0.5, 0.5, 1.
-  assert sorted(run.bootstrap_means([0.0, 1.0])) == [0.0, 0.5, 0.5, 1.0]
-  assert run.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
+  assert sorted(stats.bootstrap_means([0.0, 1.0])) == [0.0, 0.5, 0.5, 1.0]
+  assert stats.bootstrap_ci([0.0, 1.0]) == (0.0, 1.0)
   # (0, 0, 3): the mean is (number of 3s drawn) = Binomial(3, 1/3): P = 8, 12, 6, 1 (/27) for
   # means 0, 1, 2, 3, so the CDF is 8/27, 20/27, 26/27, 1.
-  means = run.bootstrap_means([0.0, 0.0, 3.0])
+  means = stats.bootstrap_means([0.0, 0.0, 3.0])
   assert len(means) == 27
   assert [int(np.sum(means == v)) for v in (0, 1, 2, 3)] == [8, 12, 6, 1]
-  assert run.bootstrap_ci([0.0, 0.0, 3.0]) == (0.0, 3.0)  # 26/27 < 0.975
-  assert run.bootstrap_ci([0.0, 0.0, 3.0], level=0.5) == (0.0, 2.0)  # 8/27 >= .25; 20/27 < .75
-  assert run.bootstrap_ci([0.3] * 5) == (0.3, 0.3)
-  assert len(run.bootstrap_means(np.arange(5.0))) == 5**5
+  assert stats.bootstrap_ci([0.0, 0.0, 3.0]) == (0.0, 3.0)  # 26/27 < 0.975
+  assert stats.bootstrap_ci([0.0, 0.0, 3.0], level=0.5) == (0.0, 2.0)  # 8/27 >= .25; 20/27 < .75
+  assert stats.bootstrap_ci([0.3] * 5) == (0.3, 0.3)
+  assert len(stats.bootstrap_means(np.arange(5.0))) == 5**5
 
 
-def test_bootstrap_monte_carlo_beyond_the_exact_limit(run):
+def test_bootstrap_monte_carlo_beyond_the_exact_limit():
   d = np.arange(7.0)  # 7^7 > 200,000 resamples: Monte Carlo
-  means = run.bootstrap_means(d, num_boot=4000, seed=1)
+  means = stats.bootstrap_means(d, num_boot=4000, seed=1)
   assert means.shape == (4000,)
   assert abs(means.mean() - 3.0) < 0.1  # E = 3; the mean of 4000 draws is within ±0.03
   assert abs(means.std() - d.std() / math.sqrt(7)) < 0.05  # sd of a resample mean: σ/√n
-  lo, hi = run.bootstrap_ci(d, num_boot=4000, seed=1)
+  lo, hi = stats.bootstrap_ci(d, num_boot=4000, seed=1)
   assert 1.0 < lo < 3.0 < hi < 5.0
 
 
-def test_paired_differences_and_sign_counts(run):
-  p = run.paired([1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 2.0, 2.0], lower_is_better=True)
+def test_paired_differences_and_sign_counts():
+  p = stats.paired([1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 2.0, 2.0], lower_is_better=True)
   assert p["diffs"] == [-1.0, 0.0, 1.0, 3.0] and p["mean"] == 0.75
   assert p["better"] == 1 and p["n"] == 4  # ties are not "better"
-  q = run.paired([1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 2.0, 2.0], lower_is_better=False)
+  q = stats.paired([1.0, 2.0, 3.0, 5.0], [2.0, 2.0, 2.0, 2.0], lower_is_better=False)
   assert q["better"] == 2
   assert p["ci"] == q["ci"] and -1.0 < p["ci"][0] < 0.75 < p["ci"][1] < 3.0  # 4^4 resamples
 
 
-def test_equal_time_index_and_steps(run):
-  assert run.equal_time_index([0, 10, 20, 30], 0.5, 10.0) == 2  # step 20 takes exactly 10 s
-  assert run.equal_time_index([0, 10, 20, 30], 0.5, 9.99) == 1
-  assert run.equal_time_index([0, 10, 20, 30], 0.5, 100.0) == 3
-  assert run.equal_time_index([10, 20], 0.5, 1.0) is None
-  s = run.Settings()  # 2000 steps, chunks of 50
+def test_equal_time_index_and_steps():
+  assert analysis.equal_time_index([0, 10, 20, 30], 0.5, 10.0) == 2  # step 20 takes exactly 10 s
+  assert analysis.equal_time_index([0, 10, 20, 30], 0.5, 9.99) == 1
+  assert analysis.equal_time_index([0, 10, 20, 30], 0.5, 100.0) == 3
+  assert analysis.equal_time_index([10, 20], 0.5, 1.0) is None
+  s = design.Settings()  # 2000 steps, chunks of 50
   timing = {"arms": {"k=0": {"median": 0.03}, "k=1": {"median": 0.06},
                      "k=3": {"median": 0.11}}}
-  spec = lambda k: run.ArmSpec(f"k={k} equal time", k, "equal_time", f"k={k}",
+  spec = lambda k: design.ArmSpec(f"k={k} equal time", k, "equal_time", f"k={k}",
                                equal_time_of="k=0")
-  assert run.equal_time_steps(s, spec(1), timing) == 1000
-  assert run.equal_time_steps(s, spec(3), timing) == 550  # 2000·3/11 = 545.5 -> 11 chunks
+  assert stages.equal_time_steps(s, spec(1), timing) == 1000
+  assert stages.equal_time_steps(s, spec(3), timing) == 550  # 2000·3/11 = 545.5 -> 11 chunks
 
 
-def test_make_config_arms(run):
-  s = run.Settings()
-  arms = {a.name: a for a in run.study_arms()}
-  c = run.make_config(s, arms["k=0 x+2V"], 2.0, 700)
+def test_make_config_arms():
+  s = design.Settings()
+  arms = {a.name: a for a in design.study_arms()}
+  c = design.make_config(s, arms["k=0 x+2V"], 2.0, 700)
   assert c.loss.num_lookahead == 0 and tuple(c.loss.term_weights) == (2.0,)
   assert c.optimizer.learning_rate == pytest.approx(2e-2)
   assert c.optimizer.end_value == pytest.approx(2e-3)  # the schedule keeps its shape
   assert c.num_steps == 700 and c.model.noise_dim == 8 and c.data.batch_size == 256
-  c3 = run.make_config(s, arms["k=3"], 1.0, 2000)
+  c3 = design.make_config(s, arms["k=3"], 1.0, 2000)
   assert c3.loss.num_lookahead == 3 and c3.loss.term_scaling == "none"
   assert c3.loss.step_size == 1.0 and c3.loss.term_weights is None
   assert arms["k=0 lr×2"].lr_mult == 2.0 and arms["k=0 lr×2"].lr_of == "k=0"
   assert dict(arms["k=2 summed"].loss)["chain"] == "summed"
-  assert {a.name for a in run.study_arms() if a.group == "main"} == {"k=0", "k=1", "k=2", "k=3"}
+  assert {a.name for a in design.study_arms() if a.group == "main"} == {"k=0", "k=1", "k=2", "k=3"}
 
 
 def test_x_plus_cV_control_equals_k0_under_drift_normalisation():
