@@ -1,10 +1,10 @@
 """Does lookahead help on images? Paired arms on the Fashion-MNIST recipe (issue 22).
 
-  taskset -c 0 python experiments/fashion_mnist/lookahead/study.py --lane=0 &
-  taskset -c 1 python experiments/fashion_mnist/lookahead/study.py --lane=1 &
-  python experiments/fashion_mnist/lookahead/study.py --time      # step cost per arm, quiet machine
-  python experiments/fashion_mnist/lookahead/study.py --inception # 2,000-sample Inception FID/KID
-  python experiments/fashion_mnist/lookahead/study.py --report    # paired differences to k = 0
+  taskset -c 0 python -m experiments.fashion_mnist.lookahead.study --lane=0 &
+  taskset -c 1 python -m experiments.fashion_mnist.lookahead.study --lane=1 &
+  python -m experiments.fashion_mnist.lookahead.study --time      # step cost per arm, quiet machine
+  python -m experiments.fashion_mnist.lookahead.study --inception # 2,000-sample Inception FID/KID
+  python -m experiments.fashion_mnist.lookahead.study --report    # paired differences to k = 0
 
 Every arm is the recipe's conditional arm (experiments/fashion_mnist/recipe/run.py, arm
 "cond": configs/fashion_mnist_cpu_cond.py at --steps steps) with loss options changed; seed s fixes the initialisation, the noise
@@ -24,9 +24,9 @@ import jax
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "recipe"))
-import run as recipe  # noqa: E402  (experiments/fashion_mnist/recipe/run.py)
-from lookahead_drift import experiment, inference, proxy_metric, train_loop  # noqa: E402
+from experiments import stats
+from experiments.fashion_mnist.recipe import run as recipe
+from lookahead_drift import experiment, inference, proxy_metric, train_loop
 
 # name -> config.loss overrides. k0 is the baseline every difference is taken to.
 ARMS = {
@@ -131,14 +131,6 @@ def load_results() -> dict:
   return out
 
 
-def bootstrap_ci(values, num: int = 10_000, seed: int = 0) -> tuple[float, float]:
-  """95 % percentile interval of the mean of `values` (resampled over seeds)."""
-  values = np.asarray(values, np.float64)
-  rng = np.random.default_rng(seed)
-  means = values[rng.integers(0, len(values), (num, len(values)))].mean(axis=1)
-  return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def paired(results: dict, metric) -> dict:
   """arm -> {seeds, values, mean difference to k0 and its bootstrap interval} for `metric`
   (a function of a record, or None where the record lacks it), over seeds that both have."""
@@ -149,10 +141,10 @@ def paired(results: dict, metric) -> dict:
     if not seeds:
       continue
     values = [metric(results[(arm, s)]) for s in seeds]
-    diffs = [v - metric(results[("k0", s)]) for v, s in zip(values, seeds)]
-    out[arm] = dict(seeds=seeds, values=values, mean=float(np.mean(values)),
-                    diff=float(np.mean(diffs)), diffs=diffs,
-                    ci=bootstrap_ci(diffs) if len(diffs) > 1 else None)
+    row = stats.paired(values, [metric(results[("k0", s)]) for s in seeds], lower_is_better=True)
+    out[arm] = dict(seeds=seeds, values=values, mean=float(np.mean(values)), diff=row["mean"],
+                    diffs=row["diffs"], better=row["better"],
+                    ci=row["ci"] if len(seeds) > 1 else None)
   return out
 
 
@@ -203,7 +195,7 @@ def main(argv=None):
     print(report())
     return
   if args.inception:
-    import validate  # noqa: E402  (experiments/fashion_mnist/recipe/validate.py)
+    from experiments.fashion_mnist.recipe import validate  # pylint: disable=g-import-not-at-top
     scorer = proxy_metric.load(os.path.join(os.path.dirname(HERE), "recipe", "proxy_net.npz"))
     names = [f"{a}_s{s}" for s in seeds for a in arms if os.path.exists(result_path(a, s))]
     validate.inception_sets(names, 2000, args.runs, scorer,

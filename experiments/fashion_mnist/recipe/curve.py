@@ -1,7 +1,7 @@
 """Proxy FD over training of the full-length recipe run: each checkpoint at a multiple of
 --every scored (5,000 samples, raw and EMA parameters) while the run goes on (issue 21).
 
-  python experiments/fashion_mnist/recipe/curve.py --workdir=RUN [--every=500] [--watch]
+  python -m experiments.fashion_mnist.recipe.curve --workdir=RUN [--every=500] [--watch]
 
 One JSON per scored step in results/curve/ (a killed scorer keeps what it finished; the run keeps
 only its last checkpoints, so --watch scores them as they appear), and grids in grids/curve_*.
@@ -12,7 +12,7 @@ import json
 import os
 import time
 
-import run as recipe  # experiments/fashion_mnist/recipe/run.py
+from experiments.fashion_mnist.recipe import run as recipe
 from lookahead_drift import inference, proxy_metric
 
 OUT = os.path.join(recipe.HERE, "results", "curve")

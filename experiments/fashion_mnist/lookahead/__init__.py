@@ -1,0 +1,1 @@
+"""Fashion-MNIST studies (run as modules: python -m experiments.fashion_mnist....)."""
