@@ -12,7 +12,7 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import restore_train_state, smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import restore_train_state, smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 NUM_STEPS = 3
 OVERRIDES = {"num_steps": NUM_STEPS, "checkpoint.every": NUM_STEPS, "sample.every": 1000,

@@ -15,7 +15,7 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import load_config, restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import load_config, restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import checkpoint, cli, encoder, experiment, inference, pictures, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
