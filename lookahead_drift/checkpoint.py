@@ -12,6 +12,7 @@ non-finite state is never saved.
 
 import dataclasses
 import os
+import re
 import shutil
 import time
 from typing import Any, Sequence
@@ -129,9 +130,103 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
   if not finite:
     raise cli.NonFiniteError(f"refusing to save a non-finite train state at step {step}.")
   integrity = {"checksums": checksums, "extra": extra or {}}
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), **{INTEGRITY: ocp.args.JsonSave(integrity)}),
-      force=force)
+  try:
+    return manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), **{INTEGRITY: ocp.args.JsonSave(integrity)}),
+        force=force)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _save_failed(manager, e, step) from e  # this save, or the previous (async) one
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight; cli.IOFault if it (or an earlier one) failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _save_failed(manager, e) from e
+
+
+def check_saves(manager: ocp.CheckpointManager) -> None:
+  """cli.IOFault if an async save has already failed, without waiting for one in flight
+  (a cheap check after every step, so that a run stops at once when its disk is full)."""
+  finalize = getattr(manager, "_finalize_thread", None)  # orbax's; else the next save raises
+  try:
+    failed = finalize is not None and finalize.map(
+        lambda t: t is not None and not t.is_alive() and t.exception is not None)
+  except Exception:  # pylint: disable=broad-exception-caught
+    failed = False  # another orbax version: the next save or wait reports the failure
+  if failed:
+    wait(manager)
+
+
+def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+  """Waits for the save in flight (cli.IOFault if it failed, unless `quiet`: another error is
+  being reported) and closes the manager."""
+  try:
+    if quiet:
+      try:
+        manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-exception-caught
+        pass
+    else:
+      wait(manager)
+  finally:
+    manager.close()  # joins orbax's threads: a failed save's other writes may still be going
+    _remove_failed_saves(str(manager.directory))
+
+
+_TMP = ".orbax-checkpoint-tmp"
+
+
+def _good_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoint directories on disk (orbax's temporary ones, named
+  STEP.orbax-checkpoint-tmp..., are renamed to STEP when a save is complete)."""
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _remove_failed_saves(directory: str) -> list[int]:
+  """Deletes the temporary directories of saves newer than the newest finished checkpoint
+  (process 0): what a failed save leaves. Their steps."""
+  latest = max(_good_steps(directory), default=-1)
+  failed = []
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    step = name.split(".")[0]
+    if _TMP in name and step.isdigit() and int(step) > latest:
+      failed.append(int(step))
+      if jax.process_index() == 0:
+        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+  return sorted(set(failed))
+
+
+def _io_text(error: Exception) -> str:
+  """An I/O error in a few words: the OS error ("No space left on device [Errno 28]"), also
+  when tensorstore wraps it in a long ValueError; else the error's first line."""
+  if isinstance(error, OSError) and error.strerror:
+    return f"{error.strerror} [Errno {error.errno}]"
+  code = re.search(r"os_error_code='?(\d+)", str(error))
+  if code:
+    return f"{os.strerror(int(code.group(1)))} [Errno {code.group(1)}]"
+  return _first_line(error, limit=200)
+
+
+def _save_failed(manager: ocp.CheckpointManager, error: Exception, step: int | None = None
+                 ) -> cli.IOFault:
+  """The one-line cli.IOFault for a failed save, after waiting for the other save threads and
+  removing what the failed save left (the finished checkpoints stay as they are)."""
+  directory = os.path.abspath(str(manager.directory))
+  try:
+    manager.wait_until_finished()
+  except Exception:  # pylint: disable=broad-exception-caught
+    pass  # the same failure, raised again
+  failed = _remove_failed_saves(directory)
+  good = _good_steps(directory)
+  where = step_dir_of(directory, failed[0]) if failed else (
+      step_dir_of(directory, step) if step is not None else directory)
+  last = step_dir_of(directory, good[-1]) if good else "none"
+  return cli.IOFault(f"cannot write checkpoint {where}: {_io_text(error)}. Stopped; the last "
+                     f"good checkpoint is {last}. Fix the cause (e.g. free disk space) and "
+                     "relaunch the same command to continue.")
 
 
 def step_dir_of(directory: str, step: int) -> str:
@@ -166,6 +261,11 @@ def _first_line(error: Exception, limit: int = 300) -> str:
 
 _ADVICE = ("It was left untouched; move it away to restart from the previous one, or use a "
            "new --workdir.")
+
+
+def _without_advice(error: Exception) -> str:
+  """A CorruptCheckpointError's message without the advice for a single bad checkpoint."""
+  return str(error).replace(f" {_ADVICE}", "")
 
 
 def _read(manager: ocp.CheckpointManager, step: int, target: PyTree | None
@@ -307,7 +407,32 @@ def newest_good(directory: str, target: PyTree | None = None, *,
     _report_skipped(directory, failures, restored.path, quarantine_dir)
     return restored
   if failures:
-    raise failures[0][1]
+    bad = [step for step, _ in failures]
+    raise CorruptCheckpointError(
+        f"{_without_advice(failures[0][1])} No checkpoint in {os.path.abspath(directory)} "
+        f"restores (damaged: step{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}); "
+        "they were left untouched. Move them away to start over, or use a new --workdir."
+    ) from failures[0][1]
+  return None
+
+
+def saved_extra(directory: str) -> tuple[str, dict[str, Any]] | None:
+  """(path, extra) of the newest checkpoint of `directory` whose extra (the small JSON saved
+  with it) reads, without restoring any array; None if there is none."""
+  manager = open_for_reading(directory)
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      path = step_dir_of(str(manager.directory), step)
+      if not os.path.isdir(os.path.join(path, INTEGRITY)):
+        continue
+      try:
+        integrity = manager.restore(step, args=ocp.args.Composite(
+            **{INTEGRITY: ocp.args.JsonRestore()}))[INTEGRITY]
+      except Exception:  # pylint: disable=broad-exception-caught
+        continue  # damaged: newest_good reports it
+      return path, dict((integrity or {}).get("extra") or {})
+  finally:
+    manager.close()
   return None
 
 
@@ -317,10 +442,11 @@ def _report_skipped(directory: str, failures: list[tuple[int, CorruptCheckpointE
   for step, error in failures:
     bad = step_dir_of(directory, step)
     if quarantine_dir is None:
-      logging.warning("%s\nUsing the older checkpoint %s.", error, used)
+      logging.warning("%s Left it untouched; using the older checkpoint %s.",
+                      _without_advice(error), used)
       continue
     if jax.process_index() == 0:
       bad = _set_aside(bad, quarantine_dir)
-    logging.error("%s\nMoved it to %s; resuming from %s.", error, bad, used)
+    logging.error("%s Moved it to %s; resuming from %s.", _without_advice(error), bad, used)
   if failures and quarantine_dir is not None and jax.process_count() > 1:
     multihost_utils.sync_global_devices("checkpoint_quarantine")
