@@ -135,7 +135,7 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
         state=ocp.args.StandardSave(state), **{INTEGRITY: ocp.args.JsonSave(integrity)}),
         force=force)
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise _save_failed(manager, e, step) from e  # this save, or the previous (async) one
+    raise _io_fault(manager, e, step) from e  # this save, or the previous (async) one
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
@@ -143,20 +143,32 @@ def wait(manager: ocp.CheckpointManager) -> None:
   try:
     manager.wait_until_finished()
   except Exception as e:  # pylint: disable=broad-exception-caught
-    raise _save_failed(manager, e) from e
+    raise _io_fault(manager, e) from e
 
 
-def check_saves(manager: ocp.CheckpointManager) -> None:
-  """cli.IOFault if an async save has already failed, without waiting for one in flight
-  (a cheap check after every step, so that a run stops at once when its disk is full)."""
+def _save_failed(manager: ocp.CheckpointManager) -> bool:
+  """Whether an async save has already failed (without waiting for one in flight)."""
   finalize = getattr(manager, "_finalize_thread", None)  # orbax's; else the next save raises
   try:
-    failed = finalize is not None and finalize.map(
-        lambda t: t is not None and not t.is_alive() and t.exception is not None)
+    return bool(finalize is not None and finalize.map(
+        lambda t: t is not None and not t.is_alive() and t.exception is not None))
   except Exception:  # pylint: disable=broad-exception-caught
-    failed = False  # another orbax version: the next save or wait reports the failure
+    return False  # another orbax version: the next save or wait reports the failure
+
+
+def check_saves(manager: ocp.CheckpointManager, step: int, every: int) -> None:
+  """cli.IOFault if an async save has failed: a cheap check after every step, so that a run
+  stops at once when its disk is full. Multi-process runs agree on it every `every` steps
+  (one small all-gather), so that all processes stop at the same step."""
+  failed = _save_failed(manager)
+  if jax.process_count() > 1:
+    if step % every:
+      return
+    failed = bool(np.any(multihost_utils.process_allgather(np.array(failed))))
   if failed:
-    wait(manager)
+    wait(manager)  # raises this process's failure
+    raise cli.IOFault(f"a checkpoint save in {os.path.abspath(str(manager.directory))} "
+                      "failed on another process (its error names it); stopped.")
 
 
 def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
@@ -185,18 +197,28 @@ def _good_steps(directory: str) -> list[int]:
       directory) else []
 
 
-def _remove_failed_saves(directory: str) -> list[int]:
-  """Deletes the temporary directories of saves newer than the newest finished checkpoint
-  (process 0): what a failed save leaves. Their steps."""
+def _failed_saves(directory: str) -> list[str]:
+  """The temporary directories of saves newer than the newest finished checkpoint: what a
+  failed save leaves (an older one may be a user's to inspect)."""
   latest = max(_good_steps(directory), default=-1)
-  failed = []
-  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
-    step = name.split(".")[0]
-    if _TMP in name and step.isdigit() and int(step) > latest:
-      failed.append(int(step))
-      if jax.process_index() == 0:
-        shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
-  return sorted(set(failed))
+  return [name for name in (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
+          if _TMP in name and name.split(".")[0].isdigit() and int(name.split(".")[0]) > latest]
+
+
+def _remove_failed_saves(directory: str, settle_s: float = 0.5, tries: int = 20) -> list[int]:
+  """Deletes (process 0) what failed saves left in `directory`; their steps. A failed save's
+  other writes may still be going (orbax stops waiting at the first error), and recreate
+  files: the removal is repeated until the directory stays clean for `settle_s`."""
+  steps_seen = set()
+  for _ in range(tries):
+    names = _failed_saves(directory)
+    steps_seen.update(int(n.split(".")[0]) for n in names)
+    if not names or jax.process_index() != 0:
+      break
+    for name in names:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    time.sleep(settle_s)
+  return sorted(steps_seen)
 
 
 def _io_text(error: Exception) -> str:
@@ -210,8 +232,8 @@ def _io_text(error: Exception) -> str:
   return _first_line(error, limit=200)
 
 
-def _save_failed(manager: ocp.CheckpointManager, error: Exception, step: int | None = None
-                 ) -> cli.IOFault:
+def _io_fault(manager: ocp.CheckpointManager, error: Exception, step: int | None = None
+              ) -> cli.IOFault:
   """The one-line cli.IOFault for a failed save, after waiting for the other save threads and
   removing what the failed save left (the finished checkpoints stay as they are)."""
   directory = os.path.abspath(str(manager.directory))

@@ -412,7 +412,7 @@ def _train(exp: Experiment, workdir: str, policy: str, state: TrainState, window
         if step % config.sample.every == 0 or step == num_steps:
           png = _write_samples(exp, state, step, real, writer, workdir) or png
         stopped = stop.agreed(step, config.log_every)
-        checkpoint.check_saves(manager)  # a failed async save stops the run at once
+        checkpoint.check_saves(manager, step, config.log_every)  # a failed save: stop
       checkpoint.wait(manager)
       if manager.latest_step() != step:
         _save(manager, step, state, window, policy, saved, force=True)
