@@ -12,6 +12,7 @@ non-finite state is never saved.
 
 import dataclasses
 import os
+import re
 import shutil
 import time
 from typing import Any, Sequence
@@ -129,9 +130,125 @@ def save(manager: ocp.CheckpointManager, step: int, state: PyTree, *,
   if not finite:
     raise cli.NonFiniteError(f"refusing to save a non-finite train state at step {step}.")
   integrity = {"checksums": checksums, "extra": extra or {}}
-  return manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), **{INTEGRITY: ocp.args.JsonSave(integrity)}),
-      force=force)
+  try:
+    return manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), **{INTEGRITY: ocp.args.JsonSave(integrity)}),
+        force=force)
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _io_fault(manager, e, step) from e  # this save, or the previous (async) one
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+  """Waits for the save in flight; cli.IOFault if it (or an earlier one) failed."""
+  try:
+    manager.wait_until_finished()
+  except Exception as e:  # pylint: disable=broad-exception-caught
+    raise _io_fault(manager, e) from e
+
+
+def _save_failed(manager: ocp.CheckpointManager) -> bool:
+  """Whether an async save has already failed (without waiting for one in flight)."""
+  finalize = getattr(manager, "_finalize_thread", None)  # orbax's; else the next save raises
+  try:
+    return bool(finalize is not None and finalize.map(
+        lambda t: t is not None and not t.is_alive() and t.exception is not None))
+  except Exception:  # pylint: disable=broad-exception-caught
+    return False  # another orbax version: the next save or wait reports the failure
+
+
+def check_saves(manager: ocp.CheckpointManager, step: int, every: int) -> None:
+  """cli.IOFault if an async save has failed: a cheap check after every step, so that a run
+  stops at once when its disk is full. Multi-process runs agree on it every `every` steps
+  (one small all-gather), so that all processes stop at the same step."""
+  failed = _save_failed(manager)
+  if jax.process_count() > 1:
+    if step % every:
+      return
+    failed = bool(np.any(multihost_utils.process_allgather(np.array(failed))))
+  if failed:
+    wait(manager)  # raises this process's failure
+    raise cli.IOFault(f"a checkpoint save in {os.path.abspath(str(manager.directory))} "
+                      "failed on another process (its error names it); stopped.")
+
+
+def close(manager: ocp.CheckpointManager, *, quiet: bool = False) -> None:
+  """Waits for the save in flight (cli.IOFault if it failed, unless `quiet`: another error is
+  being reported) and closes the manager."""
+  try:
+    if quiet:
+      try:
+        manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-exception-caught
+        pass
+    else:
+      wait(manager)
+  finally:
+    manager.close()  # joins orbax's threads: a failed save's other writes may still be going
+    _remove_failed_saves(str(manager.directory))
+
+
+_TMP = ".orbax-checkpoint-tmp"
+
+
+def _good_steps(directory: str) -> list[int]:
+  """The steps of the finished checkpoint directories on disk (orbax's temporary ones, named
+  STEP.orbax-checkpoint-tmp..., are renamed to STEP when a save is complete)."""
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
+      directory) else []
+
+
+def _failed_saves(directory: str) -> list[str]:
+  """The temporary directories of saves newer than the newest finished checkpoint: what a
+  failed save leaves (an older one may be a user's to inspect)."""
+  latest = max(_good_steps(directory), default=-1)
+  return [name for name in (sorted(os.listdir(directory)) if os.path.isdir(directory) else [])
+          if _TMP in name and name.split(".")[0].isdigit() and int(name.split(".")[0]) > latest]
+
+
+def _remove_failed_saves(directory: str, settle_s: float = 0.5, tries: int = 20) -> list[int]:
+  """Deletes (process 0) what failed saves left in `directory`; their steps. A failed save's
+  other writes may still be going (orbax stops waiting at the first error), and recreate
+  files: the removal is repeated until the directory stays clean for `settle_s`."""
+  steps_seen = set()
+  for _ in range(tries):
+    names = _failed_saves(directory)
+    steps_seen.update(int(n.split(".")[0]) for n in names)
+    if not names or jax.process_index() != 0:
+      break
+    for name in names:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    time.sleep(settle_s)
+  return sorted(steps_seen)
+
+
+def _io_text(error: Exception) -> str:
+  """An I/O error in a few words: the OS error ("No space left on device [Errno 28]"), also
+  when tensorstore wraps it in a long ValueError; else the error's first line."""
+  if isinstance(error, OSError) and error.strerror:
+    return f"{error.strerror} [Errno {error.errno}]"
+  code = re.search(r"os_error_code='?(\d+)", str(error))
+  if code:
+    return f"{os.strerror(int(code.group(1)))} [Errno {code.group(1)}]"
+  return _first_line(error, limit=200)
+
+
+def _io_fault(manager: ocp.CheckpointManager, error: Exception, step: int | None = None
+              ) -> cli.IOFault:
+  """The one-line cli.IOFault for a failed save, after waiting for the other save threads and
+  removing what the failed save left (the finished checkpoints stay as they are)."""
+  directory = os.path.abspath(str(manager.directory))
+  try:
+    manager.wait_until_finished()
+  except Exception:  # pylint: disable=broad-exception-caught
+    pass  # the same failure, raised again
+  failed = _remove_failed_saves(directory)
+  good = _good_steps(directory)
+  where = step_dir_of(directory, failed[0]) if failed else (
+      step_dir_of(directory, step) if step is not None else directory)
+  last = step_dir_of(directory, good[-1]) if good else "none"
+  return cli.IOFault(f"cannot write checkpoint {where}: {_io_text(error)}. Stopped; the last "
+                     f"good checkpoint is {last}. Fix the cause (e.g. free disk space) and "
+                     "relaunch the same command to continue.")
 
 
 def step_dir_of(directory: str, step: int) -> str:
@@ -166,6 +283,11 @@ def _first_line(error: Exception, limit: int = 300) -> str:
 
 _ADVICE = ("It was left untouched; move it away to restart from the previous one, or use a "
            "new --workdir.")
+
+
+def _without_advice(error: Exception) -> str:
+  """A CorruptCheckpointError's message without the advice for a single bad checkpoint."""
+  return str(error).replace(f" {_ADVICE}", "")
 
 
 def _read(manager: ocp.CheckpointManager, step: int, target: PyTree | None
@@ -307,7 +429,32 @@ def newest_good(directory: str, target: PyTree | None = None, *,
     _report_skipped(directory, failures, restored.path, quarantine_dir)
     return restored
   if failures:
-    raise failures[0][1]
+    bad = [step for step, _ in failures]
+    raise CorruptCheckpointError(
+        f"{_without_advice(failures[0][1])} No checkpoint in {os.path.abspath(directory)} "
+        f"restores (damaged: step{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))}); "
+        "they were left untouched. Move them away to start over, or use a new --workdir."
+    ) from failures[0][1]
+  return None
+
+
+def saved_extra(directory: str) -> tuple[str, dict[str, Any]] | None:
+  """(path, extra) of the newest checkpoint of `directory` whose extra (the small JSON saved
+  with it) reads, without restoring any array; None if there is none."""
+  manager = open_for_reading(directory)
+  try:
+    for step in sorted(manager.all_steps(), reverse=True):
+      path = step_dir_of(str(manager.directory), step)
+      if not os.path.isdir(os.path.join(path, INTEGRITY)):
+        continue
+      try:
+        integrity = manager.restore(step, args=ocp.args.Composite(
+            **{INTEGRITY: ocp.args.JsonRestore()}))[INTEGRITY]
+      except Exception:  # pylint: disable=broad-exception-caught
+        continue  # damaged: newest_good reports it
+      return path, dict((integrity or {}).get("extra") or {})
+  finally:
+    manager.close()
   return None
 
 
@@ -317,10 +464,11 @@ def _report_skipped(directory: str, failures: list[tuple[int, CorruptCheckpointE
   for step, error in failures:
     bad = step_dir_of(directory, step)
     if quarantine_dir is None:
-      logging.warning("%s\nUsing the older checkpoint %s.", error, used)
+      logging.warning("%s Left it untouched; using the older checkpoint %s.",
+                      _without_advice(error), used)
       continue
     if jax.process_index() == 0:
       bad = _set_aside(bad, quarantine_dir)
-    logging.error("%s\nMoved it to %s; resuming from %s.", error, bad, used)
+    logging.error("%s Moved it to %s; resuming from %s.", _without_advice(error), bad, used)
   if failures and quarantine_dir is not None and jax.process_count() > 1:
     multihost_utils.sync_global_devices("checkpoint_quarantine")

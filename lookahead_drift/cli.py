@@ -4,7 +4,8 @@ Exit codes (all binaries): 0 done; 1 an unexpected error (with its traceback); 2
 (a config value or config file that does not run, a flag, file or workdir the user can fix;
 one line); 3 preempted (SIGTERM/SIGINT: state saved, relaunch the same command to continue);
 4 stopped on a non-finite loss or gradient, or on non-finite samples (nothing non-finite
-saved); 130 interrupted by Ctrl-C where there was nothing to save (or by a second Ctrl-C
+saved); 5 an I/O fault: a checkpoint could not be written (disk full, permissions, a lost
+mount; the run stops at once, the previous checkpoints intact); 130 interrupted by Ctrl-C where there was nothing to save (or by a second Ctrl-C
 while saving).
 """
 
@@ -18,6 +19,7 @@ EXIT_ERROR = 1
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3
 EXIT_NONFINITE = 4
+EXIT_IO_ERROR = 5
 EXIT_INTERRUPTED = 130  # Ctrl-C where nothing needs saving (or a second Ctrl-C)
 VERBOSE_FLAG = "--verbose"
 
@@ -35,8 +37,14 @@ class NonFiniteError(Exception):
   samples; a binary exits 4."""
 
 
+class IOFault(Exception):
+  """Writing a checkpoint failed (disk full, permissions, a lost mount); a binary exits 5."""
+
+
 def exit_code(error: BaseException) -> int | None:
   """The exit code for an error a binary reports in a line, or None for a real crash."""
+  if isinstance(error, IOFault):
+    return EXIT_IO_ERROR
   if isinstance(error, Preempted):
     return EXIT_PREEMPTED
   if isinstance(error, NonFiniteError):
@@ -172,9 +180,17 @@ def parse_absl_flags(argv: list[str], verbose: bool = False) -> list[str]:
 
 
 class QuietLibraries(logging.Filter):
-  """Drops INFO chatter of orbax (one block per save) and of JAX's backend probing."""
+  """Drops INFO chatter of orbax (one block per save) and of JAX's backend probing, and,
+  unless `verbose`, orbax's error tracebacks (a failed save logs one per thread, ~300 lines;
+  the error itself reaches the binary, which reports it in one line)."""
+
+  def __init__(self, verbose: bool = False):
+    super().__init__()
+    self.verbose = verbose
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if "orbax" in record.pathname and record.levelno >= logging.ERROR:
+      return self.verbose
     return record.levelno >= logging.WARNING or not any(
         name in record.pathname for name in ("orbax", "xla_bridge"))
 
@@ -183,7 +199,7 @@ def run_absl(main: Callable[[list[str]], object]) -> None:
   """`absl.app.run(main)` with one-line flag errors and the exit codes above."""
   from absl import app  # pylint: disable=g-import-not-at-top
   from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  absl_logging.get_absl_handler().addFilter(QuietLibraries())
   verbose = VERBOSE_FLAG in sys.argv
+  absl_logging.get_absl_handler().addFilter(QuietLibraries(verbose))
   run(lambda argv: app.run(main, argv=argv,
                            flags_parser=lambda a: parse_absl_flags(a, verbose)))

@@ -174,14 +174,56 @@ def conditions(config: ml_collections.ConfigDict, num: int, labels: Any = None,
     raise cli.UserError(str(e)) from e
 
 
+def available_memory() -> int | None:
+  """Bytes of memory available to a new allocation (MemAvailable), None if unknown."""
+  try:
+    import psutil  # pylint: disable=g-import-not-at-top
+    return int(psutil.virtual_memory().available)
+  except ImportError:
+    pass
+  try:
+    with open("/proc/meminfo", encoding="ascii") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return None
+
+
+# Host copies of the samples a `write_samples` holds at once (the chunks, the concatenated
+# float32 array, and the uint8 images or the archive written from it), and the share of the
+# available memory they may take.
+_SAMPLE_COPIES, _MEMORY_SHARE = 3, 0.8
+
+
+def check_memory(num_samples: int, sample_shape: tuple[int, ...],
+                 available: int | None = None) -> None:
+  """cli.UserError, before any work, if `num_samples` float32 samples of `sample_shape` do
+  not fit in the available memory (`available` bytes; default: this machine's)."""
+  available = available_memory() if available is None else available
+  per_sample = 4 * int(np.prod(sample_shape)) * _SAMPLE_COPIES
+  if available is None or num_samples * per_sample <= _MEMORY_SHARE * available:
+    return
+  fits = int(_MEMORY_SHARE * available // per_sample)
+  raise cli.UserError(
+      f"--num_samples={num_samples}: {num_samples} samples of shape {tuple(sample_shape)} "
+      f"need about {num_samples * per_sample / 2**30:.3g} GiB, more than the "
+      f"{available / 2**30:.3g} GiB of memory available; ask for at most {fits}.")
+
+
 def write_samples(workdir: str, *, num_samples: int, out: str | None = None,
                   use_ema: bool = True, seed: int = 0,
                   config: ml_collections.ConfigDict | None = None, labels: Any = None,
                   cfg_scale: float = 1.0) -> str:
   """Samples of WORKDIR's newest good checkpoint to an .npz (default WORKDIR/samples.npz)
   and a PNG beside it (conditional runs: one class per row); prints where, returns the .npz.
-  `labels`, `cfg_scale`: see `conditions`. Non-finite samples raise cli.NonFiniteError and
-  write nothing."""
+  `labels`, `cfg_scale`: see `conditions`. A `num_samples` that does not fit in memory is a
+  cli.UserError (before generating); non-finite samples raise cli.NonFiniteError and write
+  nothing."""
   if num_samples < 1:
     raise ValueError(f"--num_samples={num_samples}: expected >= 1.")
   out = out or os.path.join(workdir, "samples.npz")
@@ -189,6 +231,11 @@ def write_samples(workdir: str, *, num_samples: int, out: str | None = None,
     raise cli.UserError(f"--out={out}: expected a path ending in .npz (the samples are an "
                         ".npz archive; the PNG goes beside it).")
   trained = restore(workdir, config=config)
+  apply, noise_shape = _generator(trained.config.model)
+  sample = jax.eval_shape(apply, trained.params, jax.ShapeDtypeStruct((1, *noise_shape),
+                                                                      jnp.float32),
+                          **models.example_conditions(trained.config.model, 1))
+  check_memory(num_samples, sample.shape[1:])
   chosen, alpha = conditions(trained.config, num_samples, labels, cfg_scale)
   samples = generate(trained.config, trained.weights(use_ema), num_samples,
                      jax.random.PRNGKey(seed), labels=chosen, alpha=alpha)

@@ -68,7 +68,7 @@ def check_finite(window: Window, step: int, policy: str, manager: Any, *,
   bad = [i for i, m in enumerate(window) if m["nonfinite"]]
   if not bad or (policy == "skip" and not (logged and len(bad) == len(window))):
     return
-  manager.wait_until_finished()  # a save in flight may be the last good checkpoint
+  checkpoint.wait(manager)  # a save in flight may be the last good checkpoint
   latest = manager.latest_step()
   last = "none" if latest is None else checkpoint.step_dir_of(str(manager.directory), latest)
   flags = int(window[bad[0]]["nonfinite"])
@@ -91,13 +91,15 @@ def window_from_json(saved: Any, metric_shapes: dict[str, Any]) -> Window | None
     return None
 
 
-def _save(manager: Any, step: int, state: TrainState, window: Window, policy: str, *,
-          force: bool = False) -> None:
-  """Checkpoints `state` with its metric window, unless the non-finite policy stops first."""
+def _save(manager: Any, step: int, state: TrainState, window: Window, policy: str,
+          config: dict[str, Any], *, force: bool = False) -> None:
+  """Checkpoints `state` with its metric window and the run's `config` (so that a resume
+  checks it even without config.json), unless the non-finite policy stops first."""
   window = jax.device_get(window)
   check_finite(window, step, policy, manager, logged=False)
   checkpoint.save(manager, step, state, force=force,
-                  extra={"window": jax.tree.map(metrics_io.to_python, window)})
+                  extra={"window": jax.tree.map(metrics_io.to_python, window),
+                         "config": config})
 
 
 class _StopRequest:
@@ -166,6 +168,13 @@ def _write_samples(exp: Experiment, state: TrainState, step: int, real: np.ndarr
     writer.write_images(step, {"samples": pictures.image_grid(
         pictures.to_uint8(generated[:64]))[None]})
   return path
+
+
+def _newest_png(directory: str) -> str | None:
+  """The newest step_N.png in `directory` (what a relaunch of a finished run reports)."""
+  names = sorted(n for n in os.listdir(directory) if n.startswith("step_")
+                 and n.endswith(".png")) if os.path.isdir(directory) else []
+  return os.path.join(directory, names[-1]) if names else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,10 +343,16 @@ def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
   loses its records past the resumed step."""
   config, ckpt_dir = exp.config, os.path.join(workdir, "checkpoints")
   config_json = config.to_json_best_effort(indent=2)
-  saved_config = workdir_lib.read_config(workdir)
+  saved_config, saved_where = workdir_lib.read_config(workdir), None
   resuming = _has_checkpoints(ckpt_dir)
+  if saved_config is None and resuming:  # config.json lost: the newest checkpoint's config
+    found = checkpoint.saved_extra(ckpt_dir)
+    if found is not None and isinstance(found[1].get("config"), dict):
+      saved_config = found[1]["config"]
+      saved_where = f"config (stored with checkpoint {found[0]}; config.json is missing)"
   changes = workdir_lib.check_config(saved_config, json.loads(config_json), resuming=resuming,
-                                     allow_change=allow_config_change, workdir=workdir)
+                                     allow_change=allow_config_change, workdir=workdir,
+                                     saved_where=saved_where)
   quarantine = os.path.join(workdir, "corrupt_checkpoints")
   restored = (checkpoint.newest_good(ckpt_dir, exp.state, quarantine_dir=quarantine)
               if resuming else None)
@@ -357,9 +372,10 @@ def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
       logging.info("Dropped %d records past step %d from %s.", dropped, start, path)
     kept = workdir_lib.write_config(workdir, config_json, start)
     if changes:
-      logging.warning("Config changed since the last run (%s)%s; the old one is in %s.",
+      logging.warning("Config changed since the last run (%s)%s; the old one is %s.",
                       "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
-                      schedule_change(saved_config, config, start), kept)
+                      schedule_change(saved_config, config, start),
+                      f"in {kept}" if kept else f"the {saved_where}")
   return state, window
 
 
@@ -374,6 +390,7 @@ def _train(exp: Experiment, workdir: str, policy: str, state: TrainState, window
   writer = metrics_io.MetricWriter(workdir, tensorboard=config.get("tensorboard", True))
   meter = progress_lib.Progress(num_steps, done=step)
   png, stopped = None, False
+  saved = json.loads(config.to_json_best_effort())  # stored with each checkpoint
   try:
     with _StopRequest() as stop:
       while step < num_steps and not stopped:
@@ -391,21 +408,26 @@ def _train(exp: Experiment, workdir: str, policy: str, state: TrainState, window
           if step % config.log_every == 0:  # a last, partial window is saved for a longer run
             window = []
         if step % config.checkpoint.every == 0:
-          _save(manager, step, state, window, policy)
+          _save(manager, step, state, window, policy, saved)
         if step % config.sample.every == 0 or step == num_steps:
           png = _write_samples(exp, state, step, real, writer, workdir) or png
         stopped = stop.agreed(step, config.log_every)
-      manager.wait_until_finished()
+        checkpoint.check_saves(manager, step, config.log_every)  # a failed save: stop
+      checkpoint.wait(manager)
       if manager.latest_step() != step:
-        _save(manager, step, state, window, policy, force=True)
-  finally:
-    manager.wait_until_finished()
-    manager.close()
+        _save(manager, step, state, window, policy, saved, force=True)
+      checkpoint.wait(manager)
+  except BaseException:
+    checkpoint.close(manager, quiet=True)  # the error in flight is the one to report
     writer.close()
+    raise
+  checkpoint.close(manager)
+  writer.close()
   if stopped and step < num_steps:
     raise cli.Preempted(f"preempted at step {step} of {num_steps}; relaunch the same command "
                         "to continue.")
   if jax.process_index() == 0:
+    png = png or _newest_png(os.path.join(workdir, "samples"))
     print(f"Finished at step {step}.\n  checkpoints: {ckpt_dir}\n  metrics:     "
-          f"{writer.path}\n  samples:     {png}", flush=True)
+          f"{writer.path}" + (f"\n  samples:     {png}" if png else ""), flush=True)
   return state

@@ -5,8 +5,8 @@ the kernel drops the flock when the process dies, so a lock left by a dead proce
 host is taken over (with a warning). A lock naming another host is never taken over.
 
 On resume, fields that change what the run computes (data, model, encoder, loss, seed,
-optimizer, EMA, ...) must equal the saved WORKDIR/config.json unless changes are allowed;
-HARMLESS fields (logging, checkpoint and sample cadence, num_steps, TensorBoard, mesh, the
+optimizer, EMA, ...) must equal the saved WORKDIR/config.json (or, if it is missing, the
+config saved with the newest checkpoint) unless changes are allowed; HARMLESS fields (logging, checkpoint and sample cadence, num_steps, TensorBoard, mesh, the
 non-finite policy) may change, though a new num_steps stretches or shortens a cosine
 learning-rate schedule (the resume warning says so, with the rate before and after). Every
 change is recorded: the old config.json goes to WORKDIR/config_history/ and the new one
@@ -144,8 +144,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def check_config(saved: dict[str, Any] | None, new: dict[str, Any], *, resuming: bool,
-                 allow_change: bool, workdir: str) -> dict[str, tuple[Any, Any]]:
-  """The changes from the saved config; a UserError if resuming changes a meaningful field."""
+                 allow_change: bool, workdir: str, saved_where: str | None = None
+                 ) -> dict[str, tuple[Any, Any]]:
+  """The changes from the saved config; a UserError if resuming changes a meaningful field.
+  `saved_where` names where `saved` came from (default: WORKDIR/config.json)."""
   if saved is None:
     return {}
   changes = config_changes(saved, new)
@@ -154,7 +156,7 @@ def check_config(saved: dict[str, Any] | None, new: dict[str, Any], *, resuming:
     diff = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in meaningful.items())
     raise cli.UserError(
         f"Resuming {workdir} with a different config ({diff}). Use the saved "
-        f"{os.path.join(workdir, CONFIG_FILE)}, a new --workdir, or pass "
+        f"{saved_where or os.path.join(workdir, CONFIG_FILE)}, a new --workdir, or pass "
         "--allow_config_change to continue anyway (the change is recorded).")
   return changes
 

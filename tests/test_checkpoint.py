@@ -5,6 +5,7 @@ import hashlib
 import json
 import pathlib
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import checkpoint, cli, metrics_io, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -272,3 +273,75 @@ def test_random_sigkills_end_like_an_uninterrupted_run(tmp_path):
   expected = [{k: v for k, v in r.items() if k != "steps_per_sec"}
               for r in metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))]
   assert records == expected
+
+
+def test_every_checkpoint_damaged_names_them_all_and_advises_no_previous_one(tmp_path):
+  workdir = tmp_path / "run"
+  train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+  for step in (3, 6):
+    _delete_metadata(workdir / "checkpoints" / str(step))
+  before = _digest(workdir / "checkpoints")
+  with pytest.raises(checkpoint.CorruptCheckpointError) as error:
+    train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 9}), str(workdir))
+  message = str(error.value)
+  assert "previous one" not in message, message
+  assert "steps 6, 3" in message and "left untouched" in message, message
+  assert _digest(workdir / "checkpoints") == before
+
+
+def test_a_moved_corrupt_checkpoint_is_reported_as_moved_only(tmp_path, caplog):
+  workdir = tmp_path / "run"
+  train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+  _delete_metadata(workdir / "checkpoints" / "6")
+  train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(workdir))
+  assert f"Moved it to {workdir / 'corrupt_checkpoints' / '6'}" in caplog.text
+  assert "left untouched" not in caplog.text and "previous one" not in caplog.text
+
+
+_FAILING_SAVE = """
+import errno, runpy, sys
+import orbax.checkpoint as ocp
+calls = []
+original = ocp.JsonCheckpointHandler._save_fn
+
+def save_fn(self, item, directory):  # the JSON item of the 2nd save: a full disk
+  calls.append(directory)
+  if len(calls) == 2:
+    async def fail():
+      raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+    return fail()
+  return original(self, item, directory)
+
+ocp.JsonCheckpointHandler._save_fn = save_fn
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_module("lookahead_drift.train", run_name="__main__")
+"""
+
+
+def test_failed_save_stops_at_once_in_one_line_with_exit_5(tmp_path):
+  """A save that fails (here an async write raising ENOSPC, as on a full disk) stops the run
+  at once: one line naming the checkpoint and the error, exit 5, the previous checkpoint as
+  it was, no temporary directory left."""
+  workdir = tmp_path / "run"
+  proc = subprocess.run(
+      [sys.executable, "-c", _FAILING_SAVE, "--config=configs/toy2d.py:smoke",
+       f"--workdir={workdir}", "--config.num_steps=60", "--config.log_every=1",
+       "--config.checkpoint.every=3", "--config.sample.every=1000",
+       "--config.tensorboard=False"],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
+  lines = [line for line in proc.stderr.splitlines()
+           if line.strip() and not re.match(r"^[IWEF]\d{4} ", line)]
+  assert proc.returncode == cli.EXIT_IO_ERROR, proc.stderr[-3000:]
+  ckpt = workdir / "checkpoints"
+  assert lines == [f"train.py: cannot write checkpoint {ckpt / '6'}: No space left on device "
+                   f"[Errno 28]. Stopped; the last good checkpoint is {ckpt / '3'}. Fix the "
+                   "cause (e.g. free disk space) and relaunch the same command to continue."
+                   ], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  assert sorted(p.name for p in ckpt.iterdir()) == ["3"]  # no *.orbax-checkpoint-tmp*
+  assert metrics_io.read_jsonl(str(workdir / "metrics.jsonl"))[-1]["step"] < 12  # at once
+  # The previous checkpoint is whole: a relaunch resumes from it and finishes.
+  state = train_loop.run(smoke_config(**{"num_steps": 6, "log_every": 1,
+                                         "checkpoint.every": 3, "sample.every": 1000}),
+                         str(workdir))
+  assert int(jax.device_get(state.step)) == 6

@@ -10,7 +10,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import cli, fid_kid, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 

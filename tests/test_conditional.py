@@ -11,7 +11,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import load_config, subprocess_env, without_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import load_config, subprocess_env, without_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import experiment, guidance, inference, input_pipeline, metrics_io, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 

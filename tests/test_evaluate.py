@@ -21,7 +21,7 @@ from lookahead_drift import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import load_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import load_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def write_idx(path, array):

@@ -1,22 +1,31 @@
-"""Two processes joined by jax.distributed on 127.0.0.1 train like one process on the same
-global batch (each process feeds only its own half)."""
+"""Two processes joined by jax.distributed on 127.0.0.1 train the same run as one process.
+
+The global batch at step s depends on (seed, s) only, each process feeding its rows of it, so a
+2-process run (2 processes x 2 CPU devices) must reach the parameters of the plain 1-process
+run of the same config (here on this test process's single CPU device: only the reduction
+order differs, within float tolerance), and a 2-process checkpoint must resume on 1 process
+with the same data.
+"""
 
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import restore_train_state, smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-NUM_STEPS = 3
-OVERRIDES = {"num_steps": NUM_STEPS, "checkpoint.every": NUM_STEPS, "sample.every": 1000,
-             "log_every": 1}
+NUM_STEPS = 5
+OVERRIDES = {"num_steps": NUM_STEPS, "checkpoint.every": 3, "checkpoint.keep": 2,
+             "sample.every": 1000, "log_every": 1}  # checkpoints at steps 3 and 5
+FIELDS = ("params", "ema_params", "opt_state")
 
 
 def _worker(process_id: int, port: int, workdir: str) -> None:
@@ -34,15 +43,23 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_match_single_process(tmp_path):
-  from lookahead_drift import experiment, input_pipeline, metrics_io, sharding  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path / "mp")
+def _assert_states_close(actual, expected) -> None:
+  actual, expected = jax.device_get(actual), jax.device_get(expected)
+  assert int(actual.step) == int(expected.step)
+  for name in FIELDS:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+                 getattr(actual, name), getattr(expected, name))
+
+
+@pytest.fixture(scope="module", name="two_process_run")
+def fixture_two_process_run(tmp_path_factory) -> pathlib.Path:
+  """The workdir of a 2-process run of NUM_STEPS steps (checkpoints at steps 3 and 5)."""
+  workdir = tmp_path_factory.mktemp("mp") / "run"
   port = _free_port()
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-             JAX_PLATFORMS="cpu")
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), workdir], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  env = subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=2",
+                       JAX_PLATFORMS="cpu")
+  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), str(workdir)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for i in range(2)]
   outputs = []
   try:
@@ -54,27 +71,29 @@ def test_two_processes_match_single_process(tmp_path):
         p.kill()
   for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0 and f"WORKER_OK {i}" in out, err[-4000:]
+  return workdir
 
-  # Reference: one process, one device, global batch = process 0's rows then process 1's.
+
+def test_two_processes_match_the_plain_single_process_run(two_process_run, tmp_path):
+  from lookahead_drift import metrics_io, train_loop  # pylint: disable=g-import-not-at-top
   config = smoke_config(**OVERRIDES)
-  streams = [input_pipeline.create_dataset(config.data, seed=config.seed, process_index=i,
-                                           process_count=2) for i in range(2)]
-  exp = experiment.create_experiment(config)
-  state = exp.state
-  for _ in range(NUM_STEPS):
-    halves = [next(s)["image"] for s in streams]
-    assert not np.array_equal(halves[0], halves[1])
-    batch = {"image": np.concatenate(halves, 0)}
-    state, _ = exp.step_fn(state, sharding.global_batch(batch, exp.mesh), exp.encoder_params)
-  reference = jax.device_get(state)
+  plain = train_loop.run(config, str(tmp_path / "plain"))  # 1 process, 1 device
+  _assert_states_close(restore_train_state(config, str(two_process_run)), plain)
+  records = metrics_io.read_jsonl(os.path.join(two_process_run, "metrics.jsonl"))
+  plain_records = metrics_io.read_jsonl(str(tmp_path / "plain" / "metrics.jsonl"))
+  assert [r["step"] for r in records] == list(range(1, NUM_STEPS + 1))  # once, by process 0
+  np.testing.assert_allclose([r["loss"] for r in records],
+                             [r["loss"] for r in plain_records], rtol=1e-5)
 
-  restored = jax.device_get(restore_train_state(config, workdir))
-  assert int(restored.step) == NUM_STEPS
-  for name in ("params", "ema_params", "opt_state"):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 getattr(restored, name), getattr(reference, name))
-  records = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  assert [r["step"] for r in records] == [1, 2, 3]  # written once, by process 0
+
+def test_a_two_process_checkpoint_resumes_on_one_process(two_process_run, tmp_path):
+  from lookahead_drift import train_loop  # pylint: disable=g-import-not-at-top
+  config = smoke_config(**OVERRIDES)
+  workdir = tmp_path / "run"
+  shutil.copytree(two_process_run, workdir)
+  shutil.rmtree(workdir / "checkpoints" / str(NUM_STEPS))  # as if stopped after step 3
+  resumed = train_loop.run(config, str(workdir))  # 1 process: steps 4 and 5
+  _assert_states_close(resumed, restore_train_state(config, str(two_process_run)))
 
 
 if __name__ == "__main__":

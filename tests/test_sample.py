@@ -15,7 +15,7 @@ from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import load_config, restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import load_config, restore_train_state, smoke_config, subprocess_env  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import checkpoint, cli, encoder, experiment, inference, pictures, train_loop  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -104,6 +104,20 @@ def test_sample_refuses_non_finite_samples_and_writes_nothing(toy_run, tmp_path,
                      r"non-finite values of 20; nothing written \(try --use_ema=false\)\.$"):
     inference.write_samples(str(workdir), num_samples=10, out=str(tmp_path / "s.npz"))
   assert not list(tmp_path.iterdir())
+
+
+def test_sample_refuses_more_samples_than_memory_before_generating(toy_run, tmp_path,
+                                                                   monkeypatch):
+  workdir, _ = toy_run
+  monkeypatch.setattr(inference, "generate", lambda *a, **kw: pytest.fail("generated"))
+  with pytest.raises(cli.UserError, match=r"^--num_samples=1000000000000: 1000000000000 "
+                     r"samples of shape \(2,\) need about .* GiB, more than the .* GiB of "
+                     r"memory available; ask for at most \d+\.$"):
+    inference.write_samples(str(workdir), num_samples=10**12, out=str(tmp_path / "s.npz"))
+  assert not list(tmp_path.iterdir())
+  with pytest.raises(cli.UserError, match="ask for at most 1000.$"):
+    inference.check_memory(1001, (8, 8, 3), available=int(1000 * 192 * 4 * 3 / 0.8))
+  inference.check_memory(1000, (8, 8, 3), available=int(1000 * 192 * 4 * 3 / 0.8))
 
 
 def test_sample_out_must_be_an_npz_path(tmp_path):

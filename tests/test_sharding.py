@@ -15,7 +15,7 @@ def _worker() -> None:
   """Runs in a subprocess with 8 fake devices; prints SHARDING_OK when all checks pass."""
   sys.path.insert(0, str(REPO / "tests"))
   import jax  # pylint: disable=g-import-not-at-top
-  from test_train import smoke_config  # pylint: disable=g-import-not-at-top
+  from train_helpers import smoke_config  # pylint: disable=g-import-not-at-top
   from lookahead_drift import experiment, sharding  # pylint: disable=g-import-not-at-top
 
   assert jax.device_count() == 8, jax.devices()

@@ -1,9 +1,7 @@
 """Train step, resume, config overrides and an end-to-end smoke run of the toy config."""
 
-import importlib
 import io
 import json
-import os
 import pathlib
 import struct
 import subprocess
@@ -26,34 +24,8 @@ from lookahead_drift import sharding
 from lookahead_drift import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
-  """configs/NAME.py's get_config(arg), imported from the installed `configs` package."""
-  module = importlib.import_module(f"configs.{name}")
-  return module.get_config(arg) if arg else module.get_config()
-
-
-def restore_train_state(config: ml_collections.ConfigDict, workdir: str
-                        ) -> experiment.TrainState:
-  """The whole train state (optimizer and RNG included) of WORKDIR's latest checkpoint."""
-  exp = experiment.create_experiment(config)
-  return checkpoint.restore(os.path.join(workdir, "checkpoints"), exp.state).state
-
-
-def subprocess_env(**extra: str) -> dict[str, str]:
-  env = dict(os.environ, **extra)
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-  return env
-
-
-def smoke_config(**updates) -> ml_collections.ConfigDict:
-  config = load_config("toy2d", "smoke")
-  config.tensorboard = False
-  if "nonfinite" in updates:
-    config.nonfinite = updates.pop("nonfinite")
-  config.update_from_flattened_dict(updates)
-  return config
+sys.path.insert(0, str(REPO / "tests"))
+from train_helpers import load_config, smoke_config, subprocess_env, without_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_one_step_toy_updates_params_and_ema():
@@ -123,10 +95,6 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   # The window of step 4 (steps 3 and 4) is whole: the checkpoint carried step 3's sums.
   full_records = metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
   assert without_timing(records[2:]) == without_timing(full_records[1:])
-
-
-def without_timing(records: list[dict]) -> list[dict]:
-  return [{k: v for k, v in r.items() if k != "steps_per_sec"} for r in records]
 
 
 def test_misspelled_override_fails_before_any_work(tmp_path):

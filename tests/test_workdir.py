@@ -11,7 +11,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from test_train import smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import smoke_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from lookahead_drift import cli, experiment, train_loop, workdir as workdir_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -110,3 +110,29 @@ def test_config_changes_classify_fields():
                                        {"seed": 1, "sample": {"every": 6}})
   assert changes == {"seed": (0, 1), "sample.every": (5, 6), "x": (1, None)}
   assert [k for k in changes if workdir_lib.is_harmless(k)] == ["sample.every"]
+
+
+@pytest.mark.parametrize("key, value", [("seed", 1), ("loss.num_lookahead", 2)])
+def test_resume_without_config_json_checks_the_config_stored_with_the_checkpoint(
+    trained, key, value):
+  (trained / "config.json").unlink()
+  config = smoke_config(**{**OVERRIDES, "num_steps": 6, key: value})
+  with pytest.raises(cli.UserError, match=f"{key}: .* -> {value!r}.*stored with checkpoint "
+                     f"{trained / 'checkpoints' / '3'}.*--allow_config_change"):
+    train_loop.run(config, str(trained))
+  assert not (trained / "config.json").exists()
+
+
+def test_resume_without_config_json_warns_of_a_harmless_change(trained, caplog):
+  (trained / "config.json").unlink()
+  state = train_loop.run(smoke_config(**{**OVERRIDES, "num_steps": 6}), str(trained))
+  assert int(state.step) == 6
+  assert "num_steps: 3 -> 6" in caplog.text and "the cosine decay is stretched" in caplog.text
+  assert json.loads((trained / "config.json").read_text())["num_steps"] == 6
+
+
+def test_relaunching_a_finished_run_names_its_newest_samples(trained, capsys):
+  assert list((trained / "samples").iterdir())  # the run wrote a PNG at its last step
+  train_loop.run(smoke_config(**OVERRIDES), str(trained))  # nothing left to do
+  out = capsys.readouterr().out
+  assert "None" not in out and f"samples:     {trained / 'samples'}" in out, out
