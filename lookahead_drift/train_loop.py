@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from lookahead_drift import checkpoint
 from lookahead_drift import cli
+from lookahead_drift import drift
 from lookahead_drift import experiment as experiment_lib
 from lookahead_drift import inference
 from lookahead_drift import input_pipeline
@@ -326,6 +327,16 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
       workdir_lib.release_lock(lock)
 
 
+def _with_new_loss_fields(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+  """The saved config with the drift.LossConfig fields it predates at their defaults (which
+  compute what the run computed before they existed), so that a resume sees no change."""
+  if not saved or not isinstance(saved.get("loss"), dict):
+    return saved
+  defaults = json.loads(json.dumps(dataclasses.asdict(drift.LossConfig())))
+  return {**saved, "loss": {**{k: v for k, v in defaults.items() if v is not None},
+                            **saved["loss"]}}
+
+
 def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
             allow_config_change: bool) -> tuple[TrainState, Window]:
   """(state, metric window) to train on from: the newest good checkpoint's (newer corrupt
@@ -334,7 +345,7 @@ def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
   loses its records past the resumed step."""
   config, ckpt_dir = exp.config, os.path.join(workdir, "checkpoints")
   config_json = config.to_json_best_effort(indent=2)
-  saved_config = workdir_lib.read_config(workdir)
+  saved_config = _with_new_loss_fields(workdir_lib.read_config(workdir))
   resuming = _has_checkpoints(ckpt_dir)
   changes = workdir_lib.check_config(saved_config, json.loads(config_json), resuming=resuming,
                                      allow_change=allow_config_change, workdir=workdir)
