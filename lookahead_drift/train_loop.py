@@ -225,6 +225,7 @@ NUMERIC_FIELDS = {
     "loss.temperatures": Range(low=0, low_open=True, optional=True, sequence=True),
     "loss.step_size": _optional(_POSITIVE), "loss.floor": _optional(_DECAY),
     "loss.num_lookahead": _optional(_SIZE), "loss.memory_budget_mb": _optional(_NON_NEGATIVE),
+    "loss.norm_momentum": _optional(_DECAY), "loss.lookahead_tol": _optional(_NON_NEGATIVE),
     "loss.term_weights": Range(optional=True, sequence=True),
     "loss.group_chunk": _optional(_SIZE), "loss.block_size": _optional(_COUNT),
     "mesh.num_model": _COUNT,
