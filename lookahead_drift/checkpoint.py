@@ -314,11 +314,12 @@ def _read(manager: ocp.CheckpointManager, step: int, target: PyTree | None
         f"written by an incompatible version. {_ADVICE}") from e
   if stored is None:
     raise CorruptCheckpointError(f"Checkpoint {path} has no readable 'state' item. {_ADVICE}")
-  abstract = None
+  abstract, absent = None, {}
   if target is not None:
     check_compatible(path, stored, target)
     abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), target)
+    abstract, absent = _without_absent_fields(abstract, stored)
   items = {"state": ocp.args.StandardRestore(abstract)}
   has_integrity = os.path.isdir(os.path.join(path, INTEGRITY))
   if has_integrity:
@@ -329,7 +330,23 @@ def _read(manager: ocp.CheckpointManager, step: int, target: PyTree | None
     raise CorruptCheckpointError(
         f"Cannot restore checkpoint {path} ({_first_line(e)}): it is corrupt or incompatible. "
         f"{_ADVICE}") from e
-  return path, restored["state"], restored[INTEGRITY] if has_integrity else None
+  state = restored["state"]
+  if absent:
+    state = target.replace(**state, **absent)
+  return path, state, restored[INTEGRITY] if has_integrity else None
+
+
+def _without_absent_fields(abstract: PyTree, stored: Any) -> tuple[PyTree, dict[str, Any]]:
+  """A dataclass target's fields that `stored` has, as a dict, and the array-free fields it
+  lacks (e.g. an empty `TrainState.loss_state` against a checkpoint written before that field
+  existed; check_compatible already refused any missing arrays). (abstract, {}) if none."""
+  if not dataclasses.is_dataclass(abstract) or not hasattr(stored, "keys"):
+    return abstract, {}
+  names = [f.name for f in dataclasses.fields(abstract)]
+  absent = {k: getattr(abstract, k) for k in names if k not in stored.keys()}
+  if not absent:
+    return abstract, {}
+  return {k: getattr(abstract, k) for k in names if k not in absent}, absent
 
 
 def _stored_checksums(integrity: dict[str, Any], state: PyTree) -> dict[str, int]:

@@ -38,6 +38,10 @@ class TrainState:
   ema_params: PyTree
   opt_state: PyTree
   rng: jax.Array  # base key (raw uint32[2]); step t uses fold_in(rng, t)
+  # The loss's state across steps (drift.init_loss_state): running term norms for
+  # loss.term_scaling="norm" with norm_momentum > 0, else {} (no arrays; checkpoints written
+  # before this field restore into it).
+  loss_state: PyTree = flax.struct.field(default_factory=dict)
 
 
 def create_optimizer(config: ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -121,10 +125,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
 
   def loss_fn(params):
     generated = generator.apply(params, noise, **gen_inputs).astype(jnp.float32)
-    return drift.drift_loss(rows(embed(generated)), pos_feats, config=loss_config,
-                            **loss_inputs)
+    loss, metrics, loss_state = drift.drift_loss(
+        rows(embed(generated)), pos_feats, config=loss_config, loss_state=state.loss_state,
+        **loss_inputs)
+    return loss, (metrics, loss_state)
 
-  (loss, loss_metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (loss_metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
@@ -138,7 +145,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
   new_state = state.replace(step=state.step + 1, params=pick(params, state.params),
                             ema_params=pick(ema_params, state.ema_params),
-                            opt_state=pick(opt_state, state.opt_state))
+                            opt_state=pick(opt_state, state.opt_state),
+                            loss_state=pick(loss_state, state.loss_state))
   return new_state, metrics
 
 
@@ -172,13 +180,22 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
   optimizer, schedule = create_optimizer(config)
   loss_config = create_loss_config(config)
+  conditions = models.example_conditions(config.model, 1)
 
   def init(rng: jax.Array) -> TrainState:
     init_rng, state_rng = jax.random.split(rng)
-    params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32),
-                            **models.example_conditions(config.model, 1))
+    params = generator.init(init_rng, jnp.zeros((1, *noise_shape), jnp.float32), **conditions)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                      opt_state=optimizer.init(params), rng=state_rng)
+                      opt_state=optimizer.init(params), rng=state_rng,
+                      loss_state=drift.init_loss_state(loss_config, feature_names(params)))
+
+  def feature_names(params: PyTree) -> list[str]:
+    """The encoder's feature maps, as drift_loss names them (traced only when needed)."""
+    if not loss_config.stateful:
+      return []
+    feats = jax.eval_shape(lambda p: feature_fn(encoder_params, generator.apply(
+        p, jnp.zeros((1, *noise_shape), jnp.float32), **conditions)), params)
+    return list(feats) if isinstance(feats, dict) else ["features"]
 
   rng = jax.random.PRNGKey(config.seed)
   state_shardings = sharding.tree_shardings(jax.eval_shape(init, rng), mesh,

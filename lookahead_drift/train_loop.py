@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from lookahead_drift import checkpoint
 from lookahead_drift import cli
+from lookahead_drift import drift
 from lookahead_drift import experiment as experiment_lib
 from lookahead_drift import inference
 from lookahead_drift import input_pipeline
@@ -233,6 +234,7 @@ NUMERIC_FIELDS = {
     "loss.temperatures": Range(low=0, low_open=True, optional=True, sequence=True),
     "loss.step_size": _optional(_POSITIVE), "loss.floor": _optional(_DECAY),
     "loss.num_lookahead": _optional(_SIZE), "loss.memory_budget_mb": _optional(_NON_NEGATIVE),
+    "loss.norm_momentum": _optional(_DECAY), "loss.lookahead_tol": _optional(_NON_NEGATIVE),
     "loss.term_weights": Range(optional=True, sequence=True),
     "loss.group_chunk": _optional(_SIZE), "loss.block_size": _optional(_COUNT),
     "mesh.num_model": _COUNT,
@@ -335,6 +337,16 @@ def run(config: ConfigDict, workdir: str, *, allow_config_change: bool = False) 
       workdir_lib.release_lock(lock)
 
 
+def _with_new_loss_fields(saved: dict[str, Any] | None) -> dict[str, Any] | None:
+  """The saved config with the drift.LossConfig fields it predates at their defaults (which
+  compute what the run computed before they existed), so that a resume sees no change."""
+  if not saved or not isinstance(saved.get("loss"), dict):
+    return saved
+  defaults = json.loads(json.dumps(dataclasses.asdict(drift.LossConfig())))
+  return {**saved, "loss": {**{k: v for k, v in defaults.items() if v is not None},
+                            **saved["loss"]}}
+
+
 def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
             allow_config_change: bool) -> tuple[TrainState, Window]:
   """(state, metric window) to train on from: the newest good checkpoint's (newer corrupt
@@ -350,6 +362,7 @@ def _resume(exp: Experiment, workdir: str, metric_shapes: dict[str, Any],
     if found is not None and isinstance(found[1].get("config"), dict):
       saved_config = found[1]["config"]
       saved_where = f"config (stored with checkpoint {found[0]}; config.json is missing)"
+  saved_config = _with_new_loss_fields(saved_config)
   changes = workdir_lib.check_config(saved_config, json.loads(config_json), resuming=resuming,
                                      allow_change=allow_config_change, workdir=workdir,
                                      saved_where=saved_where)

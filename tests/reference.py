@@ -69,16 +69,25 @@ def ref_field(x, pos, neg=None, *, tau, kernel="laplace", normalization="mean_sh
   return v
 
 
-def ref_chain(x, pos, *, k, tau, eta=1.0, extra=None, neg_w=None, **kw):
+def _stopped(terms, tol):
+  """The adaptive chain (tol > 0): after the first term with ‖V_i‖ < tol ‖V_0‖, zeros."""
+  if tol > 0:
+    for i, v in enumerate(terms):
+      if np.sqrt((v**2).sum()) < tol * np.sqrt((terms[0]**2).sum()):
+        return terms[:i + 1] + [np.zeros_like(v)] * (len(terms) - i - 1)
+  return terms
+
+
+def ref_chain(x, pos, *, k, tau, eta=1.0, extra=None, neg_w=None, tol=0.0, **kw):
   xi, terms = np.asarray(x, np.float64), []
   for _ in range(k + 1):
     v = ref_field(xi, pos, extra, tau=tau, self_neg=True, neg_w=neg_w, **kw)
     terms.append(v)
     xi = xi + eta * v
-  return np.stack(terms)
+  return np.stack(_stopped(terms, tol))
 
 
-def ref_summed_chain(x, pos, *, k, taus, eta, extra=None, neg_w=None, **kw):
+def ref_summed_chain(x, pos, *, k, taus, eta, extra=None, neg_w=None, tol=0.0, **kw):
   """One chain for all temperatures, pushed by η mean_τ rms(V_τ) · mean_τ V_τ / rms(V_τ)."""
   xi, terms = np.asarray(x, np.float64), []
   for _ in range(k + 1):
@@ -87,14 +96,31 @@ def ref_summed_chain(x, pos, *, k, taus, eta, extra=None, neg_w=None, **kw):
     terms.append(v)
     rms = [np.sqrt((vt**2).mean()) for vt in v]
     xi = xi + eta * np.mean(rms) * np.mean([vt / r for vt, r in zip(v, rms)], axis=0)
-  return np.stack(terms)
+  return np.stack(_stopped(terms, tol))
 
 
-def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
+def ref_running_norm(running, current, m):
+  """The authors' scaling's norm of one term: m·running + (1 − m)·current, the current one
+  on the first step (running 0), the running one for a term that is all zero this step."""
+  if running == 0:
+    return current
+  if current == 0:
+    return running
+  return m * running + (1 - m) * current
+
+
+def ref_loss(x, pos, **kw):
+  return ref_loss_and_norms(x, pos, **kw)[0]
+
+
+def ref_loss_and_norms(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None, running=None):
   """drifting.md §3-4 for one feature map of R rows [R, N, D], step by step in float64.
 
   neg_w: [L] for every row or [R, L] per row; sample_w: [N] or [R, N]. All rows share the
   scale Σ_rij w_rj d_rij / (N Σ_rj w_rj) and each temperature's drift normalisation.
+  term_scaling "norm": each term over all rows divided by its norm, smoothed with `running`
+  [K+1, T] (None: this call's norms). Returns the loss, those norms [K+1, T] (or None) and
+  the mean number of terms a chain used (its terms that are not all zero).
   """
   x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
   g, n, d = x.shape
@@ -119,6 +145,7 @@ def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
   kw = dict(kernel=cfg.kernel, normalization=cfg.normalization, floor=cfg.floor,
             weighting=cfg.neg_weighting)
   taus = [tau * tfac for tau in cfg.temperatures]
+  kw["tol"] = cfg.lookahead_tol
   if cfg.chain == "summed":
     chains = np.stack([ref_summed_chain(xn[gi], pn[gi], k=cfg.num_lookahead, taus=taus,
                                         eta=cfg.step_size, extra=None if nn is None else nn[gi],
@@ -128,17 +155,25 @@ def ref_loss(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None):
         ref_chain(xn[gi], pn[gi], k=cfg.num_lookahead, tau=tau, eta=cfg.step_size,
                   extra=None if nn is None else nn[gi], neg_w=row_w[gi], **kw)
         for gi in range(g)], axis=1) for tau in taus], axis=1)
+  used = np.mean((np.abs(chains).sum(axis=(-2, -1)) > 0).sum(0))
   total = np.zeros_like(xn)
+  norms = np.zeros((cfg.num_lookahead + 1, len(taus))) if cfg.term_scaling == "norm" else None
   for ti in range(len(taus)):
     terms = chains[:, ti]  # [K+1, G, N, D]
     if cfg.term_scaling == "unit_rms":
       terms = terms / np.sqrt((terms**2).mean(axis=(1, 2, 3), keepdims=True))
+    if cfg.term_scaling == "norm":
+      for ki in range(len(terms)):
+        current = np.sqrt((terms[ki]**2).sum())
+        norms[ki, ti] = current if running is None else ref_running_norm(
+            running[ki, ti], current, cfg.norm_momentum)
+      terms = np.stack([t / max(nrm, 1e-30) for t, nrm in zip(terms, norms[:, ti])])
     field = sum(w * t for w, t in zip(weights, terms))
     if cfg.drift_normalization:
       field = field / np.sqrt((field**2).mean())
     total += field
   # target = x + V, so ‖x − target‖² = ‖V‖²; summed over groups, mean over samples and dims.
-  return sum((sample_w[gi] * (total[gi] ** 2).mean(-1)).mean() for gi in range(g))
+  return sum((sample_w[gi] * (total[gi] ** 2).mean(-1)).mean() for gi in range(g)), norms, used
 
 
 def assert_close(actual, expected, rtol=2e-4):

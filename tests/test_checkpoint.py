@@ -113,6 +113,32 @@ def test_checksums_by_position_of_older_checkpoints_still_verify(tmp_path):
     checkpoint.restore(str(tmp_path), _reordered(state))
 
 
+@flax.struct.dataclass
+class _WithLossState:
+  """_State and TrainState's later field loss_state (drift.init_loss_state)."""
+  step: jax.Array
+  params: dict
+  ema_params: dict
+  opt_state: tuple
+  rng: jax.Array
+  loss_state: dict = flax.struct.field(default_factory=dict)
+
+
+def test_checkpoints_before_loss_state_restore_into_an_empty_one(tmp_path):
+  """A checkpoint written before TrainState.loss_state existed restores into a state whose
+  loss_state is empty (every config without running norms); one that needs its arrays is
+  refused by name. Inference reads its items as before."""
+  state, _ = _saved_small_state(tmp_path)
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(_State)}
+  restored = checkpoint.restore(str(tmp_path), _WithLossState(**fields))
+  assert restored.step == 5 and restored.state.loss_state == {}
+  jax.tree.map(np.testing.assert_array_equal, restored.state.params, state.params)
+  needs = _WithLossState(**fields, loss_state={"term_norms": {"x": jnp.zeros((2, 3))}})
+  with pytest.raises(checkpoint.CheckpointError, match="missing.*loss_state/term_norms/x"):
+    checkpoint.restore(str(tmp_path), needs)
+  assert checkpoint.restore(str(tmp_path), items=("step", "params", "ema_params")).step == 5
+
+
 def _corrupt_data(step_dir: pathlib.Path) -> None:
   files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
   assert files

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lookahead_drift import drift
-from reference import assert_close, ref_chain, ref_dist, ref_field, ref_loss
+from reference import (assert_close, ref_chain, ref_dist, ref_field, ref_loss,
+                       ref_loss_and_norms)
 
 
 @pytest.fixture(autouse=True, params=["dense", "streaming"])
@@ -130,6 +131,105 @@ def test_loss_matches_reference(cfg):
   assert_close(loss, want, rtol=1e-4)
   assert set(metrics) >= {"loss", "feature_scale/f", "drift_rms/term0"}
   assert f"drift_rms/term{cfg.num_lookahead}" in metrics
+
+
+def _loss_inputs(seed=18):
+  """The inputs of test_loss_matches_reference: 3 rows, extra weighted negatives."""
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(3, 10, 6)).astype(np.float32)
+  pos = (rng.normal(size=(3, 14, 6)) + 0.5).astype(np.float32)
+  neg = rng.normal(size=(3, 4, 6)).astype(np.float32)
+  return x, pos, neg, np.array([0.5, 1.0, 2.0, 0.3]), rng.uniform(0.5, 1.5, 10)
+
+
+# The tolerances are at least 1.4 % away from every ratio ‖V_i‖ / ‖V_0‖ of these inputs'
+# chains (float64), so float32 stops where float64 does; the terms used differ per chain.
+@pytest.mark.parametrize("cfg", [
+    drift.LossConfig(num_lookahead=2, term_scaling="norm"),
+    drift.LossConfig(num_lookahead=2, term_scaling="norm", term_weights=(1.0, 0.5, 2.0),
+                     drift_normalization=False, temperatures=(0.05, 0.2)),
+    drift.LossConfig(num_lookahead=3, step_size=0.5, lookahead_tol=0.6),
+    drift.LossConfig(num_lookahead=3, step_size=0.5, lookahead_tol=0.6, term_scaling="norm"),
+    drift.LossConfig(num_lookahead=3, step_size=0.5, lookahead_tol=0.9, chain="summed"),
+])
+def test_norm_scaling_and_adaptive_chain_match_reference(cfg):
+  x, pos, neg, neg_w, sample_w = _loss_inputs()
+  kw = dict(neg_weights=neg_w, sample_weights=sample_w)
+  (loss, metrics), grad = jax.value_and_grad(lambda x: drift.drift_loss(
+      {"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg}, **kw), has_aux=True)(x)
+  want, _, used = ref_loss_and_norms(x, pos, cfg=cfg, neg=neg, neg_w=neg_w, sample_w=sample_w)
+  assert_close(loss, want, rtol=1e-4)
+  assert np.all(np.isfinite(grad)) and np.abs(grad).max() > 0
+  if cfg.lookahead_tol:
+    assert 1 < used < cfg.num_lookahead + 1  # the chains stop, not all at once
+    np.testing.assert_allclose(metrics["lookahead/terms_used"], used, rtol=1e-6)
+  else:
+    assert "lookahead/terms_used" not in metrics
+
+
+def test_norm_momentum_over_two_steps_matches_reference():
+  """The running norms start at the first step's norms and then move by m (float64)."""
+  cfg = drift.LossConfig(num_lookahead=2, term_scaling="norm", norm_momentum=0.7)
+  state = drift.init_loss_state(cfg, ["f"])
+  np.testing.assert_array_equal(state["term_norms"]["f"], np.zeros((3, 3)))
+  running = np.zeros((3, 3))
+  for seed in (18, 19):
+    x, pos, neg, neg_w, sample_w = _loss_inputs(seed)
+    loss, _, state = drift.drift_loss({"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg},
+                                      neg_weights=neg_w, sample_weights=sample_w,
+                                      loss_state=state)
+    want, running, _ = ref_loss_and_norms(x, pos, cfg=cfg, neg=neg, neg_w=neg_w,
+                                          sample_w=sample_w, running=running)
+    assert_close(loss, want, rtol=1e-4)
+    assert_close(state["term_norms"]["f"], running, rtol=1e-4)
+  # The second step's norms are smoothed: without the state it is another loss.
+  fresh, _ = drift.drift_loss({"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg},
+                              neg_weights=neg_w, sample_weights=sample_w)
+  assert abs(float(fresh) - float(loss)) > 1e-4 * float(loss)
+
+
+@pytest.mark.parametrize("chain", drift.CHAINS)
+def test_lookahead_tol_0_is_the_fixed_chain_exactly(chain):
+  """tol = 0 is the fixed chain, and so is the adaptive loop whose tolerance never stops it:
+  loss and gradient bit for bit."""
+  x, pos, neg, neg_w, sample_w = _loss_inputs()
+
+  def loss_and_grad(cfg):
+    return jax.value_and_grad(lambda x: drift.drift_loss(
+        {"f": x}, {"f": pos}, config=cfg, neg_feats={"f": neg}, neg_weights=neg_w,
+        sample_weights=sample_w)[0])(x)
+
+  fixed = loss_and_grad(drift.LossConfig(num_lookahead=2, chain=chain))
+  for tol in (0.0, 1e-30):
+    got = loss_and_grad(drift.LossConfig(num_lookahead=2, chain=chain, lookahead_tol=tol))
+    np.testing.assert_array_equal(got[0], fixed[0])
+    np.testing.assert_array_equal(got[1], fixed[1])
+
+
+def test_loss_state_is_empty_unless_norm_momentum_and_checked():
+  x, y = points(37, 8, 3), points(38, 6, 3, 1.0)
+  for cfg in (drift.LossConfig(num_lookahead=1), drift.LossConfig(term_scaling="norm")):
+    assert drift.init_loss_state(cfg, ["features"]) == {}
+    loss, _, state = drift.drift_loss(x, y, config=cfg, loss_state={})
+    assert state == {}
+    np.testing.assert_array_equal(loss, drift.drift_loss(x, y, config=cfg)[0])
+  cfg = drift.LossConfig(term_scaling="norm", norm_momentum=0.5)
+  with pytest.raises(ValueError, match="loss_state"):
+    drift.drift_loss(x, y, config=cfg, loss_state={})
+  with pytest.raises(ValueError, match="loss_state"):
+    drift.drift_loss(x, y, config=cfg, loss_state=drift.init_loss_state(cfg, ["other"]))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(term_scaling="norm", norm_momentum=1.0), "norm_momentum"),
+    (dict(term_scaling="norm", norm_momentum=-0.1), "norm_momentum"),
+    (dict(norm_momentum=0.9), "norm_momentum.*term_scaling='norm'"),
+    (dict(lookahead_tol=-0.1), "lookahead_tol"),
+    (dict(lookahead_tol=float("nan")), "lookahead_tol"),
+])
+def test_bad_loss_options_name_the_field(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    drift.LossConfig(**kwargs)
 
 
 @pytest.mark.parametrize("normalization", drift.NORMALIZATIONS)

@@ -25,7 +25,7 @@ from lookahead_drift import train_loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
-from train_helpers import load_config, smoke_config, subprocess_env, without_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
+from train_helpers import load_config, restore_train_state, smoke_config, subprocess_env, without_timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_one_step_toy_updates_params_and_ema():
@@ -95,6 +95,44 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   # The window of step 4 (steps 3 and 4) is whole: the checkpoint carried step 3's sums.
   full_records = metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
   assert without_timing(records[2:]) == without_timing(full_records[1:])
+
+
+def test_norm_momentum_resume_is_bit_exact(tmp_path):
+  """The running term norms live in the train state and its checkpoints: 6 steps straight
+  equal 3 steps, a checkpoint and 3 more, bit for bit (params and running norms)."""
+  flags = {"num_steps": 6, "sample.every": 1000, "loss.num_lookahead": 2,
+           "loss.term_scaling": "norm", "loss.norm_momentum": 0.9, "loss.lookahead_tol": 0.1}
+  full = jax.device_get(train_loop.run(smoke_config(**flags), str(tmp_path / "full")))
+  train_loop.run(smoke_config(**{**flags, "num_steps": 3}), str(tmp_path / "resumed"))
+  at_3 = jax.device_get(restore_train_state(smoke_config(**flags), str(tmp_path / "resumed")))
+  resumed = jax.device_get(train_loop.run(smoke_config(**flags), str(tmp_path / "resumed")))
+  norms = full.loss_state["term_norms"]["x"]
+  assert norms.shape == (3, 3) and np.all(norms > 0)
+  assert not np.array_equal(at_3.loss_state["term_norms"]["x"], norms)
+  for name in ("step", "params", "ema_params", "opt_state", "rng", "loss_state"):
+    jax.tree.map(np.testing.assert_array_equal, getattr(resumed, name), getattr(full, name))
+  logged = metrics_io.read_jsonl(str(tmp_path / "full" / "metrics.jsonl"))
+  assert all(1 <= r["drift/lookahead/terms_used"] <= 3 for r in logged)
+
+
+def test_loss_options_from_the_command_line_and_old_configs_resume(tmp_path):
+  """--config.loss.{term_scaling,norm_momentum,lookahead_tol} reach drift.LossConfig; a run
+  whose saved config predates those fields resumes without a config change."""
+  config = smoke_config()
+  config.update_from_flattened_dict({"loss.term_scaling": "norm", "loss.norm_momentum": 0.9,
+                                     "loss.lookahead_tol": 0.1})
+  loss = experiment.create_loss_config(config)
+  assert (loss.term_scaling, loss.norm_momentum, loss.lookahead_tol) == ("norm", 0.9, 0.1)
+  workdir = tmp_path / "run"
+  train_loop.run(smoke_config(num_steps=2), str(workdir))
+  saved = json.loads((workdir / "config.json").read_text())
+  for key in ("norm_momentum", "lookahead_tol"):
+    del saved["loss"][key]
+  (workdir / "config.json").write_text(json.dumps(saved))
+  assert int(train_loop.run(smoke_config(num_steps=3), str(workdir)).step) == 3
+  with pytest.raises(cli.UserError, match=r"loss.norm_momentum: 0.0 -> 0.9"):
+    train_loop.run(smoke_config(**{"num_steps": 4, "loss.term_scaling": "norm",
+                                   "loss.norm_momentum": 0.9}), str(workdir))
 
 
 def test_misspelled_override_fails_before_any_work(tmp_path):

@@ -9,16 +9,17 @@ follows `docs/drifting.md` (section numbers below refer to it).
 
 Modules: `field` (the dense field and the chain, one function per equation), `streaming` (the
 same field tile by tile), `plan` (dense or streaming, groups per pass: execution only), `loss`
-(`LossConfig`, `drift_loss`), `api` (`drift_field`, `lookahead_drift`).
+(`LossConfig`, `drift_loss`, `init_loss_state`), `api` (`drift_field`, `lookahead_drift`).
 """
 
 from lookahead_drift.drift.api import drift_field, lookahead_drift
 from lookahead_drift.drift.field import CHAINS, KERNELS, NORMALIZATIONS, WEIGHTINGS, FieldSpec
-from lookahead_drift.drift.loss import TERM_SCALINGS, LossConfig, drift_loss, plan_of
+from lookahead_drift.drift.loss import (TERM_SCALINGS, LossConfig, drift_loss,
+                                        init_loss_state, plan_of)
 from lookahead_drift.drift.plan import FIELD_IMPLS, Execution, Plan, make_plan
 
 __all__ = [
     "CHAINS", "FIELD_IMPLS", "KERNELS", "NORMALIZATIONS", "TERM_SCALINGS", "WEIGHTINGS",
     "Execution", "FieldSpec", "LossConfig", "Plan", "drift_field", "drift_loss",
-    "lookahead_drift", "make_plan", "plan_of",
+    "init_loss_state", "lookahead_drift", "make_plan", "plan_of",
 ]

@@ -52,8 +52,9 @@ def _chain_jit(x, y_pos, y_neg, temperature, step_size, pos_weights, neg_weights
   temps = jnp.reshape(jnp.asarray(temperature, jnp.float32), (1,))
   fields_fn = plan_lib.fields_for(plan)
   field_at = lambda xi, t: fields_fn(xi, y_pos, y_neg, t, spec, **kw)
-  return field.lookahead_chain(field_at, x, temps, num_lookahead=num_lookahead,
-                               step_size=step_size)[:, 0]
+  terms, _ = field.lookahead_chain(field_at, x, temps, num_lookahead=num_lookahead,
+                                  step_size=step_size)
+  return terms[:, 0]
 
 
 def drift_field(x: Array, y_pos: Array, y_neg: Array | None = None, *, temperature: float,

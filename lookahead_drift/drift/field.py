@@ -7,7 +7,7 @@ function computes all T temperatures at once. The kernel is k = exp(−cost / τ
 ("laplace") or ‖x − y‖² ("gaussian"); everything stays in log space so that τ = 0.02 is finite.
 
     V = fields(x, y_pos, None, temps, spec, self_neg=True)              # eq. 2, [T, N, D]
-    terms = lookahead_chain(field_at, x, temps, num_lookahead=2)        # eq. 7, [3, T, N, D]
+    terms, _ = lookahead_chain(field_at, x, temps, num_lookahead=2)     # eq. 7, [3, T, N, D]
 
 This is the dense field (it forms the N × (N + L + M) matrices); `streaming.py` computes the
 same numbers tile by tile, and `plan.py` picks one.
@@ -212,10 +212,40 @@ def rms(v: Array, axes: tuple[int, ...]) -> Array:
   return jnp.sqrt(jnp.mean(jnp.square(v), axis=axes, keepdims=True) + EPS)
 
 
+def norm(v: Array) -> Array:
+  """The Euclidean norm ‖v‖ over all of v's entries."""
+  return jnp.sqrt(jnp.sum(jnp.square(v)))
+
+
+def _later_terms(step: Callable, carry, v0: Array, num_lookahead: int, tol: float
+                 ) -> tuple[Array, Array]:
+  """V_1..V_K [K, ...] of the chain `step(carry) -> (carry, V_i)`, and the terms used.
+
+  tol = 0: all K terms (lax.scan). tol > 0, the adaptive chain: a while loop that stops after
+  the first term V_i with ‖V_i‖ < tol·‖V_0‖ (V_0 included); the terms after it stay zero.
+  """
+  if tol == 0:
+    return jax.lax.scan(lambda c, _: step(c), carry, None, length=num_lookahead)[1], \
+        jnp.int32(num_lookahead + 1)
+  bound = tol * norm(v0)
+
+  def body(loop):
+    i, carry, terms, _ = loop
+    carry, v = step(carry)
+    return i + 1, carry, terms.at[i].set(v), norm(v) < bound
+
+  init = (jnp.int32(0), carry, jnp.zeros((num_lookahead,) + v0.shape, v0.dtype),
+          norm(v0) < bound)
+  i, _, terms, _ = jax.lax.while_loop(lambda l: (l[0] < num_lookahead) & ~l[3], body, init)
+  return terms, i + 1
+
+
 def lookahead_chain(field_at: Callable[[Array, Array], Array], x: Array, temps: Array, *,
                     num_lookahead: int, step_size: Array | float = 1.0,
-                    chain: str = "per_temperature", first: Array | None = None) -> Array:
-  """Eq. 7, [K+1, T, N, D]: V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i, x^0 = x.
+                    chain: str = "per_temperature", first: Array | None = None,
+                    tol: float = 0.0) -> tuple[Array, Array]:
+  """Eq. 7, [K+1, T, N, D]: V_i = V_{p,q_i}(x^i), x^{i+1} = x^i + η V_i, x^0 = x; and the
+  number of terms each chain used ([T] per temperature, [] summed): K + 1 unless tol > 0.
 
   field_at(x^i, temps) -> [T, N, D] is the field whose negatives are x^i itself (eq. 8 (b)).
   chain "per_temperature": each temperature pushes its own samples by its own field.
@@ -223,26 +253,29 @@ def lookahead_chain(field_at: Callable[[Array, Array], Array], x: Array, temps: 
     the k = 0 loss regresses onto, at the per-temperature step length:
     η · mean_τ rms(V_τ) · mean_τ V_τ / rms(V_τ).
   first: V_0 = field_at(x, temps), when the caller has it.
+  tol > 0 (our extension, §3): each chain stops after its first term with ‖V_i‖ < tol·‖V_0‖
+    (norms over that chain's samples and dims) and its later terms are zero; tol = 0 is the
+    fixed-length chain, computed as before.
   """
   v0 = field_at(x, temps) if first is None else first               # [T, N, D]
   if num_lookahead == 0:
-    return v0[None]
+    return v0[None], jnp.ones(() if chain == "summed" else temps.shape, jnp.int32)
   if chain == "summed":
-    def summed_step(carry, _):
+    def summed_step(carry):
       xi, v = carry
       r = rms(v, (1, 2))                                              # [T, 1, 1]
       xi = xi + step_size * jnp.mean(r) * jnp.mean(v / r, 0)
       v = field_at(xi, temps)
       return (xi, v), v
 
-    _, rest = jax.lax.scan(summed_step, (x, v0), None, length=num_lookahead)
+    rest, used = _later_terms(summed_step, (x, v0), v0, num_lookahead, tol)
   else:
     def one_temperature(v, t):
-      def step(xi, _):
+      def step(xi):
         v = field_at(xi, t[None])[0]
         return xi + step_size * v, v
 
-      return jax.lax.scan(step, x + step_size * v, None, length=num_lookahead)[1]  # [K, N, D]
+      return _later_terms(step, x + step_size * v, v, num_lookahead, tol)  # [K, N, D], []
 
-    rest = jax.vmap(one_temperature, out_axes=1)(v0, temps)          # [K, T, N, D]
-  return jnp.concatenate([v0[None], rest])
+    rest, used = jax.vmap(one_temperature, out_axes=(1, 0))(v0, temps)  # [K, T, N, D], [T]
+  return jnp.concatenate([v0[None], rest]), used
