@@ -14,7 +14,6 @@ and EMA parameters of every kept checkpoint with the proxy (5,000 samples agains
 test images) and writes results/ARM_sSEED.json. Nothing finished is ever redone.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -175,13 +174,8 @@ def report() -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--lane", type=int, default=0)
-  parser.add_argument("--steps", type=int, default=700)
-  parser.add_argument("--num_samples", type=int, default=5000)
-  parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
+  parser = recipe.lane_parser(__doc__.splitlines()[0], "/work/runs/lookahead")
   parser.add_argument("--seeds", default="", help="comma-separated subset (default: 0,1,2)")
-  parser.add_argument("--runs", default="/work/runs/lookahead")
   parser.add_argument("--time", action="store_true", help="time each arm's step, then exit")
   parser.add_argument("--time_steps", type=int, default=5)
   parser.add_argument("--time_rounds", type=int, default=3)

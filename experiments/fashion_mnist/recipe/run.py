@@ -139,13 +139,19 @@ def table() -> str:
   return "\n".join(lines)
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def lane_parser(description: str, runs: str) -> argparse.ArgumentParser:
+  """The flags every study lane takes (this runner's and the lookahead study's)."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--lane", type=int, default=0)
   parser.add_argument("--steps", type=int, default=700)
   parser.add_argument("--num_samples", type=int, default=5000)
   parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
-  parser.add_argument("--runs", default="/work/runs/recipe")
+  parser.add_argument("--runs", default=runs)
+  return parser
+
+
+def main(argv=None):
+  parser = lane_parser(__doc__.splitlines()[0], "/work/runs/recipe")
   parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
   parser.add_argument("--table", action="store_true", help="print the results table only")
   parser.add_argument("--grids", action="store_true",
