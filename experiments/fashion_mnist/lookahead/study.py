@@ -7,11 +7,12 @@
   python -m experiments.fashion_mnist.lookahead.study --report    # paired differences to k = 0
 
 Every arm is the recipe's conditional arm (experiments/fashion_mnist/recipe/run.py, arm
-"cond": configs/fashion_mnist_cpu_cond.py at --steps steps) with loss options changed; seed s fixes the initialisation, the noise
-and the data order, so arms with one seed are paired. A lane takes the next (seed, arm) with
-no result (seeds first), trains it (a killed arm resumes from its checkpoint), scores the raw
-and EMA parameters of every kept checkpoint with the proxy (5,000 samples against the 10,000
-test images) and writes results/ARM_sSEED.json. Nothing finished is ever redone.
+"cond": configs/fashion_mnist_cpu_cond.py at --steps steps) with loss options changed; seed s
+fixes the initialisation, the noise and the data order, so arms with one seed are paired. A
+lane takes the next (seed, arm) with no result (seeds first), trains it (a killed arm resumes
+from its checkpoint), scores the raw and EMA parameters of every kept checkpoint with the proxy
+(5,000 samples against the 10,000 test images) and writes results/ARM_sSEED.json. Nothing
+finished is ever redone.
 """
 
 import json
@@ -22,10 +23,12 @@ import time
 import jax
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 from experiments import stats
 from experiments.fashion_mnist.recipe import run as recipe
-from lookahead_drift import experiment, inference, proxy_metric, train_loop
+from lookahead_drift import experiment, inference, metrics_io, proxy_metric, train_loop
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROXY = os.path.join(recipe.HERE, "proxy_net.npz")  # the recipe's frozen proxy net
 
 # name -> config.loss overrides. k0 is the baseline every difference is taken to.
 ARMS = {
@@ -75,13 +78,8 @@ def train_and_score(arm, seed, args, scorer, reference):
 
 def _terms_used(workdir: str) -> float | None:
   """Mean lookahead terms per step over the run, from metrics.jsonl (adaptive chains)."""
-  values = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      for key, value in record.items():
-        if key.endswith("terms_used"):
-          values.append(float(value))
+  values = [float(v) for record in metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+            for k, v in record.items() if k.endswith("terms_used")]
   return float(np.mean(values)) if values else None
 
 
@@ -190,7 +188,7 @@ def main(argv=None):
     return
   if args.inception:
     from experiments.fashion_mnist.recipe import validate  # pylint: disable=g-import-not-at-top
-    scorer = proxy_metric.load(os.path.join(os.path.dirname(HERE), "recipe", "proxy_net.npz"))
+    scorer = proxy_metric.load(PROXY)
     names = [f"{a}_s{s}" for s in seeds for a in arms if os.path.exists(result_path(a, s))]
     validate.inception_sets(names, 2000, args.runs, scorer,
                             out=os.path.join(HERE, "results", "inception"))
@@ -205,7 +203,7 @@ def main(argv=None):
   for d in ("results", "grids"):
     os.makedirs(os.path.join(HERE, d), exist_ok=True)
   os.makedirs(args.runs, exist_ok=True)
-  scorer = proxy_metric.load(os.path.join(os.path.dirname(HERE), "recipe", "proxy_net.npz"))
+  scorer = proxy_metric.load(PROXY)
   reference = scorer.features(recipe.test_images())
   for seed in seeds:
     for arm in arms:
