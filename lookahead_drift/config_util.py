@@ -1,8 +1,9 @@
 """Reading optional fields of a config section, whether a ConfigDict, a dict or any object.
 
-The one accessor the library uses for config sections it does not own (data, model, encoder):
-a missing field and a field left at None (an unset `config_dict.placeholder`) both give the
-default.
+The one accessor for a bare config section (models, encoder and input_pipeline take a section
+that may be a ConfigDict or a plain dict), always spelled `config_util.field(section, key,
+default)`: a missing field and a field left at None (an unset `config_dict.placeholder`) both
+give the default. Code that holds the whole ml_collections config reads it with `.get`.
 """
 
 from typing import Any

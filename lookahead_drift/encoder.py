@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from lookahead_drift.config_util import field as _get
+from lookahead_drift import config_util
 
 FeatureFn = Callable[[Any, jax.Array], dict[str, jax.Array]]
 _PARAMS_SUBDIR = "params"
@@ -168,24 +168,25 @@ def create_feature_fn(encoder_config: Any) -> tuple[FeatureFn, Any]:
   options patch_sizes ((2, 4)), include_locations (True), include_input_rms (True),
   include_raw (False), dtype ("float32" or "bfloat16" compute).
   """
-  kind = _get(encoder_config, "kind", "identity")
+  kind = config_util.field(encoder_config, "kind", "identity")
   if kind == "identity":
     return (lambda params, x: {"x": x.reshape(x.shape[0], -1)[None]}), {}
   if kind != "conv":
     raise ValueError(f"encoder_config.kind={kind!r}; expected 'identity' or 'conv'.")
-  checkpoint = _get(encoder_config, "checkpoint", None)
+  checkpoint = config_util.field(encoder_config, "checkpoint", None)
   if not checkpoint:
     raise ValueError("encoder_config.kind='conv' needs encoder_config.checkpoint (a folder "
                      "written by lookahead_drift.train_encoder).")
-  dtype_name = _get(encoder_config, "dtype", "float32")
+  dtype_name = config_util.field(encoder_config, "dtype", "float32")
   if dtype_name not in ("float32", "bfloat16"):
     raise ValueError(f"encoder_config.dtype={dtype_name!r}; expected 'float32' or 'bfloat16'.")
   dtype = jnp.dtype(dtype_name)
   module, params, config = load_encoder(checkpoint, dtype=dtype)
-  options = dict(patch_sizes=tuple(_get(encoder_config, "patch_sizes", (2, 4))),
-                 include_locations=bool(_get(encoder_config, "include_locations", True)),
-                 include_input_rms=bool(_get(encoder_config, "include_input_rms", True)),
-                 include_raw=bool(_get(encoder_config, "include_raw", False)))
+  flags = {key: bool(config_util.field(encoder_config, key, default))
+           for key, default in (("include_locations", True), ("include_input_rms", True),
+                                ("include_raw", False))}
+  options = dict(patch_sizes=tuple(config_util.field(encoder_config, "patch_sizes", (2, 4))),
+                 **flags)
   image_shape = tuple(config["image_shape"])
 
   def feature_fn(encoder_params: Any, x: jax.Array) -> dict[str, jax.Array]:

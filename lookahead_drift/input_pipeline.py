@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from lookahead_drift.config_util import field as _get
+from lookahead_drift import config_util
 
 TOY_DATASETS = ("eight_gaussians", "checkerboard", "swiss_roll")
 IMAGE_DATASETS = ("fashion_mnist", "cifar10")
@@ -266,15 +266,15 @@ def _load_images_cached(name: str, split: str, data_dir: str | None,
 
 def load_images(data_config: Any) -> tuple[np.ndarray, np.ndarray]:
   """Whole split as (uint8 images [N, H, W, C], int32 labels [N]); cached per process."""
-  name = _get(data_config, "name")
+  name = config_util.field(data_config, "name")
   if name not in IMAGE_DATASETS:
     raise ValueError(f"load_images: data_config.name={name!r}; expected one of "
                      f"{IMAGE_DATASETS}.")
-  split = _get(data_config, "split", "train")
+  split = config_util.field(data_config, "split", "train")
   if split not in ("train", "test"):
     raise ValueError(f"data_config.split={split!r}; expected 'train' or 'test'.")
-  images, labels = _load_images_cached(name, split, _get(data_config, "data_dir"),
-                                       _get(data_config, "source", "files"))
+  images, labels = _load_images_cached(name, split, config_util.field(data_config, "data_dir"),
+                                       config_util.field(data_config, "source", "files"))
   images.setflags(write=False)  # Shared by the cache: keep callers from mutating it.
   labels.setflags(write=False)
   return images, labels
@@ -313,10 +313,10 @@ def create_dataset(data_config: Any, *, seed: int, process_index: int = 0,
   the filled square (checkerboard) or 0 (swiss_roll). Images are NHWC in [-1, 1]. Optional
   `data_config.random_flip` flips images left-right, decided per example from (seed, step).
   """
-  name = _get(data_config, "name")
+  name = config_util.field(data_config, "name")
   if name not in DATASETS:
     raise ValueError(f"data_config.name={name!r}; expected one of {DATASETS}.")
-  batch_size = int(_get(data_config, "batch_size"))
+  batch_size = int(config_util.field(data_config, "batch_size"))
   if batch_size <= 0 or batch_size % process_count:
     raise ValueError(f"data_config.batch_size={batch_size} must be positive and divisible "
                      f"by process_count={process_count}.")
@@ -330,7 +330,7 @@ def create_dataset(data_config: Any, *, seed: int, process_index: int = 0,
     return _toy_stream(name, seed, batch_size, rows, start_step)
   images, labels = load_images(data_config)
   return _image_stream(images, labels, seed, batch_size, rows, start_step,
-                       bool(_get(data_config, "random_flip", False)))
+                       bool(config_util.field(data_config, "random_flip", False)))
 
 
 def _toy_stream(name: str, seed: int, batch_size: int, rows: slice,
@@ -369,7 +369,7 @@ def create_class_dataset(data_config: Any, *, labels_per_step: int, pos_per_labe
   The labels of a step are split over processes (C_local = C / process_count). Positives are
   drawn without replacement within a class and step, negatives uniformly from the whole set.
   """
-  name = _get(data_config, "name")
+  name = config_util.field(data_config, "name")
   if name not in DATASETS:
     raise ValueError(f"data_config.name={name!r}; expected one of {DATASETS}.")
   num_classes = NUM_CLASSES[name]
@@ -384,7 +384,7 @@ def create_class_dataset(data_config: Any, *, labels_per_step: int, pos_per_labe
                      f"(>= 0), start_step={start_step} (>= 0).")
   local = labels_per_step // process_count
   rows = slice(process_index * local, (process_index + 1) * local)
-  flip = bool(_get(data_config, "random_flip", False))
+  flip = bool(config_util.field(data_config, "random_flip", False))
   if name in TOY_DATASETS:
     def draw(labels, key):
       return _sample_toy_with_labels(name, labels.size, key, labels.reshape(-1))[0].reshape(

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lookahead_drift.config_util import field as _field
+from lookahead_drift import config_util
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -274,7 +274,7 @@ class DiTGenerator(_ImageGenerator):
 
 def _positive_ints(config: Any, key: str, default: tuple[int, ...]) -> tuple[int, ...]:
   """A config field that must be a sequence of positive integers (a ValueError otherwise)."""
-  value = _field(config, key, default)
+  value = config_util.field(config, key, default)
   items = tuple(value) if isinstance(value, (list, tuple)) else None
   if not items or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
                           for v in items):
@@ -292,45 +292,46 @@ def create_generator(model_config: Any) -> tuple[nn.Module, tuple[int, ...]]:
   patch_size (4), width (128), depth (4), num_heads (4), mlp_ratio (4), output_activation.
   All: num_classes (0), alpha_conditioning (False), dtype ("float32").
   """
-  name = _field(model_config, "name", None)
-  dtype_name = _field(model_config, "dtype", "float32")
+  name = config_util.field(model_config, "name", None)
+  dtype_name = config_util.field(model_config, "dtype", "float32")
   if dtype_name not in _DTYPES:
     raise ValueError(f"model_config.dtype={dtype_name!r}; expected one of {list(_DTYPES)}.")
-  common = dict(num_classes=int(_field(model_config, "num_classes", 0)),
-                alpha_conditioning=bool(_field(model_config, "alpha_conditioning", False)),
+  common = dict(num_classes=int(config_util.field(model_config, "num_classes", 0)),
+                alpha_conditioning=bool(config_util.field(model_config, "alpha_conditioning",
+                                                          False)),
                 dtype=_DTYPES[dtype_name])
   if name == "mlp":
-    activation = _field(model_config, "activation", "silu")
+    activation = config_util.field(model_config, "activation", "silu")
     if activation not in ACTIVATIONS:
       raise ValueError(f"model_config.activation={activation!r}; expected one of "
                        f"{list(ACTIVATIONS)}.")
     module = MLPGenerator(hidden=_positive_ints(model_config, "hidden", (256, 256, 256)),
-                          out_dim=int(_field(model_config, "out_dim", 2)),
+                          out_dim=int(config_util.field(model_config, "out_dim", 2)),
                           activation=activation, **common)
-    return module, (int(_field(model_config, "noise_dim", 2)),)
+    return module, (int(config_util.field(model_config, "noise_dim", 2)),)
   if name not in ("unet", "dit"):
     raise ValueError(f"model_config.name={name!r}; expected 'mlp', 'unet' or 'dit'.")
-  image_shape = _field(model_config, "image_shape", None)
+  image_shape = config_util.field(model_config, "image_shape", None)
   if image_shape is None or len(image_shape) != 3:
     raise ValueError(f"model_config.image_shape={image_shape!r}; expected (H, W, C).")
   height, width, channels = (int(s) for s in image_shape)
-  output_activation = str(_field(model_config, "output_activation", "tanh"))
-  noise_shape = (height, width, int(_field(model_config, "noise_channels", channels)))
+  output_activation = str(config_util.field(model_config, "output_activation", "tanh"))
+  noise_shape = (height, width, int(config_util.field(model_config, "noise_channels", channels)))
   if name == "dit":
     module = DiTGenerator(
-        out_channels=channels, patch_size=int(_field(model_config, "patch_size", 4)),
-        width=int(_field(model_config, "width", 128)),
-        depth=int(_field(model_config, "depth", 4)),
-        num_heads=int(_field(model_config, "num_heads", 4)),
-        mlp_ratio=int(_field(model_config, "mlp_ratio", 4)),
+        out_channels=channels, patch_size=int(config_util.field(model_config, "patch_size", 4)),
+        width=int(config_util.field(model_config, "width", 128)),
+        depth=int(config_util.field(model_config, "depth", 4)),
+        num_heads=int(config_util.field(model_config, "num_heads", 4)),
+        mlp_ratio=int(config_util.field(model_config, "mlp_ratio", 4)),
         output_activation=output_activation, **common)
     return module, noise_shape
   module = UNetGenerator(
       out_channels=channels,
-      base_channels=int(_field(model_config, "base_channels", 32)),
+      base_channels=int(config_util.field(model_config, "base_channels", 32)),
       channel_mults=_positive_ints(model_config, "channel_mults", (1, 2, 2)),
-      num_res_blocks=int(_field(model_config, "num_res_blocks", 1)),
-      attention=bool(_field(model_config, "attention", True)),
+      num_res_blocks=int(config_util.field(model_config, "num_res_blocks", 1)),
+      attention=bool(config_util.field(model_config, "attention", True)),
       output_activation=output_activation, **common)
   return module, noise_shape
 
@@ -339,8 +340,8 @@ def example_conditions(model_config: Any, n: int) -> dict[str, jax.Array]:
   """The generator's keyword inputs besides noise for n examples (label 0, α = 1): what
   `init` needs to build a conditional generator's embeddings."""
   out = {}
-  if int(_field(model_config, "num_classes", 0)):
+  if int(config_util.field(model_config, "num_classes", 0)):
     out["labels"] = jnp.zeros((n,), jnp.int32)
-  if bool(_field(model_config, "alpha_conditioning", False)):
+  if bool(config_util.field(model_config, "alpha_conditioning", False)):
     out["alpha"] = jnp.ones((n,), jnp.float32)
   return out

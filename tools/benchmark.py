@@ -28,7 +28,6 @@ of one setting in one row.
 
 import dataclasses
 import importlib.metadata
-import importlib.util
 import json
 import os
 import platform
@@ -49,6 +48,7 @@ from lookahead_drift import drift
 from lookahead_drift import encoder
 from lookahead_drift import experiment
 from lookahead_drift import sharding
+import official_code  # tools/official_code.py, beside this script
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -315,26 +315,11 @@ def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[
 # ----------------------------------------------------------------------------- side by side
 
 
-def _load_module(name: str, path: str) -> Any:
-  spec = importlib.util.spec_from_file_location(name, path)
-  if spec is None or not os.path.isfile(path):
-    raise cli.UserError(f"no Python file at {path!r}")
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # dataclasses look their module up while it is executed
-  spec.loader.exec_module(module)
-  return module
-
-
-class _JnpWithOldClip:
-  """jax.numpy, but clip takes the a_min/a_max keywords that jax 0.10 removed and that the
-  official code uses; they mean min/max. Nothing else differs."""
-
-  def __getattr__(self, name: str) -> Any:
-    return getattr(jnp, name)
-
-  @staticmethod
-  def clip(x: Any, a_min: Any = None, a_max: Any = None) -> Any:
-    return jnp.clip(x, min=a_min, max=a_max)
+def _load(loader: Callable[..., Any], *args: str) -> Any:
+  try:
+    return loader(*args)
+  except FileNotFoundError as e:
+    raise cli.UserError(str(e)) from None
 
 
 def drift_loss_variants(loss_config: drift.LossConfig, official_dir: str | None,
@@ -342,14 +327,13 @@ def drift_loss_variants(loss_config: drift.LossConfig, official_dir: str | None,
   """name -> loss(gen [G, N, D], pos [G, M, D]) for k = 0, each called as its code expects."""
   variants = {"this": lambda g, p: drift.drift_loss(g, p, config=loss_config)[0]}
   if before_path:
-    before = _load_module("drift_before", before_path)
+    before = _load(official_code.load_module, "drift_before", before_path)
     fields = {f.name for f in dataclasses.fields(before.LossConfig)}
     old_cfg = before.LossConfig(**{k: v for k, v in dataclasses.asdict(loss_config).items()
                                    if k in fields})
     variants["before"] = lambda g, p: before.drift_loss(g, p, config=old_cfg)[0]
   if official_dir:
-    official = _load_module("official_drift_loss", os.path.join(official_dir, "drift_loss.py"))
-    official.jnp = _JnpWithOldClip()
+    official = _load(official_code.load_drift_loss, official_dir)
     temps = tuple(loss_config.temperatures)
     # As its train.py calls it: rows = groups, weights 1; the loss summed over rows.
     variants["official"] = lambda g, p: jnp.sum(official.drift_loss(

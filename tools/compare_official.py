@@ -9,37 +9,22 @@ relative to the official gradient, for both of our weight placements (drifting.m
 
 from __future__ import annotations
 
-import os
-import sys
-import types
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
 from lookahead_drift import drift
+import official_code  # tools/official_code.py, beside this script
 
 flags.DEFINE_string("official_dir", None, "Folder holding the official drift_loss.py.")
 flags.DEFINE_integer("seed", 0, "Data seed.")
 FLAGS = flags.FLAGS
 
 
-def load_official(folder: str):
-  """The official module, with the two shims it needs here: no einops import (unused by
-  drift_loss) and jnp.clip's a_min/a_max keywords (removed from newer jax)."""
-  sys.modules.setdefault("einops", types.SimpleNamespace(repeat=None))
-  clip = jnp.clip
-  jnp.clip = lambda a, a_min=None, a_max=None, **kw: clip(
-      a, kw.get("min", a_min), kw.get("max", a_max))
-  sys.path.insert(0, os.path.abspath(folder))
-  import drift_loss  # pylint: disable=g-import-not-at-top
-  return drift_loss
-
-
 def main(argv: list[str]) -> None:
   del argv
-  official = load_official(FLAGS.official_dir)
+  official = official_code.load_drift_loss(FLAGS.official_dir)
   rng = np.random.default_rng(FLAGS.seed)
   rows, n, m, l, d = 4, 16, 12, 8, 32
   gen = rng.normal(size=(rows, n, d)).astype(np.float32)

@@ -1,7 +1,7 @@
 """The recipe ablation (issue 21): short arms of configs/fashion_mnist_cpu.py, one lever each.
 
-  taskset -c 0 python experiments/fashion_mnist/recipe/run.py --lane=0 &
-  taskset -c 1 python experiments/fashion_mnist/recipe/run.py --lane=1 &
+  taskset -c 0 python -m experiments.fashion_mnist.recipe.run --lane=0 &
+  taskset -c 1 python -m experiments.fashion_mnist.recipe.run --lane=1 &
 
 Each lane takes the next arm that has no result and that no live process claims, trains it
 with `train_loop.run` (so a killed arm resumes from its checkpoint), then scores 5,000
@@ -26,6 +26,10 @@ from lookahead_drift import inference, input_pipeline, pictures, proxy_metric, t
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENCODERS = {"base": "/work/runs/enc_base/encoder", "strong": "/work/runs/enc_strong/encoder"}
 
+# The conditional recipe's overrides (configs/fashion_mnist_cpu_cond.py as an arm).
+COND = {"data.batch_size": 120, "conditional": dict(
+    labels_per_step=10, gen_per_label=6, neg_per_label=0, cfg_max=1.0)}
+
 # name -> (config overrides as {"a.b": value}, encoder key). The first is the baseline.
 ARMS = {
     "base": ({}, "base"),
@@ -43,8 +47,16 @@ ARMS = {
     "raw_pixels": ({"encoder.include_raw": True}, "base"),
     # Class-conditional without guidance: per step 6 generated and 12 real images per class, so
     # each sample is drifted only against its own class (60 generated, near the base's 64).
-    "cond": ({"data.batch_size": 120, "conditional": dict(
-        labels_per_step=10, gen_per_label=6, neg_per_label=0, cfg_max=1.0)}, "base"),
+    "cond": (COND, "base"),
+    # Levers on the conditional recipe (session 4): each changes one thing from "cond".
+    # 32 real positives per class instead of 12 (the paper's N_pos ablation), same generated.
+    "cond_pos32": ({**COND, "data.batch_size": 320}, "base"),
+    # 5 classes a step, 12 generated and 24 real each: the same images per step, a denser
+    # kernel estimate per class.
+    "cond_l5": ({**COND, "conditional": dict(COND["conditional"], labels_per_step=5,
+                                             gen_per_label=12)}, "base"),
+    "cond_temp_0.05": ({**COND, "loss.temperatures": (0.05,)}, "base"),
+    "cond_width24": ({**COND, "model.base_channels": 24}, "base"),
 }
 
 

@@ -1,8 +1,8 @@
 """Does the proxy rank generators as Inception FID does, and how noisy is it? (issue 21)
 
-  python experiments/fashion_mnist/recipe/validate.py floor
-  python experiments/fashion_mnist/recipe/validate.py inception --sets=base,pos4x,... [--n=2000]
-  python experiments/fashion_mnist/recipe/validate.py summary
+  python -m experiments.fashion_mnist.recipe.validate floor
+  python -m experiments.fashion_mnist.recipe.validate inception --sets=base,pos4x,... [--n=2000]
+  python -m experiments.fashion_mnist.recipe.validate summary
 
 floor: proxy FD/KID between real image sets (two disjoint halves of the test images; 5,000
 training images against the 10,000 test images), so a difference between arms can be read
@@ -21,6 +21,10 @@ random test images), beside the Inception FIDs it recorded: a second, independen
 
 summary: Spearman and Pearson correlation of proxy FD with Inception FID over the sets.
 
+curve --workdir=RUN: the proxy FD/KID (5,000 samples, raw and EMA) at every checkpoint a
+full-length run kept, into results/NAME_curve.json (NAME the run folder's name), one point at a
+time so a killed run keeps what it scored: is the run still improving when it stops?
+
 final --samples=DIR/samples.npz: the proxy's FD/KID of every sample of the full-length recipe
 run (written by experiments/fashion_mnist/fit.py) against the 10,000 test images, and the class
 shares under the proxy net (a classifier no training run used), into results/final_proxy.json.
@@ -35,6 +39,7 @@ import jax
 import numpy as np
 from scipy import stats as scipy_stats
 
+from experiments.fashion_mnist.recipe import run
 from lookahead_drift import fid_kid, inception, inference, input_pipeline, pictures, proxy_metric
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -155,13 +160,34 @@ def final(samples_path: str, scorer) -> dict:
   return out
 
 
+def curve(workdir: str, scorer, num: int = 5000) -> dict:
+  path = os.path.join(HERE, "results", f"{os.path.basename(os.path.normpath(workdir))}_curve.json")
+  done = {}
+  if os.path.exists(path):
+    with open(path) as f:
+      done = {p["step"]: p for p in json.load(f)["points"]}
+  reference = scorer.features(_test_images())
+  for step in inference.checkpoint_steps(workdir):
+    if step not in done:
+      done[step] = run.score(workdir, scorer, reference, num, None, step=step)
+      out = {"workdir": workdir, "num_samples": num,
+             "points": [done[s] for s in sorted(done)]}
+      with open(path, "w") as f:
+        json.dump(out, f, indent=2)
+      print(f"step {step}: proxy FD raw {done[step]['raw']['proxy_fd']:.2f}, "
+            f"EMA {done[step]['ema']['proxy_fd']:.2f}", flush=True)
+  return {s: done[s]["ema"]["proxy_fd"] for s in sorted(done)}
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("what", choices=("floor", "inception", "guidance", "summary", "final"))
+  parser.add_argument("what", choices=("floor", "inception", "guidance", "summary", "final",
+                                           "curve"))
   parser.add_argument("--sets", default="")
   parser.add_argument("--n", type=int, default=2000)
   parser.add_argument("--samples", default=os.path.join(HERE, "final", "samples.npz"))
   parser.add_argument("--runs", default="/work/runs/recipe")
+  parser.add_argument("--workdir", default="/work/runs/full_cond", help="for curve")
   parser.add_argument("--proxy", default=os.path.join(HERE, "proxy_net.npz"))
   args = parser.parse_args()
   if args.what == "summary":
@@ -172,6 +198,8 @@ def main():
     print(json.dumps(floor(scorer), indent=2))
   elif args.what == "final":
     print(json.dumps(final(args.samples, scorer), indent=2))
+  elif args.what == "curve":
+    print(json.dumps(curve(args.workdir, scorer), indent=2))
   elif args.what == "guidance":
     print(json.dumps(guidance_sets(scorer), indent=2))
   else:
