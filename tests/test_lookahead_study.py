@@ -27,3 +27,12 @@ def test_every_arm_is_a_valid_run(arm):
   loss = experiment.create_loss_config(config)
   assert config.seed == 1 and config.conditional.labels_per_step == 10
   assert loss.num_lookahead == study.ARMS[arm].get("num_lookahead", 0)
+
+
+def test_equal_time_reads_the_curve_where_the_costlier_arm_stands():
+  record = {"curve": [{"step": 175, "raw": {"proxy_fd": 200.0}},
+                      {"step": 350, "raw": {"proxy_fd": 100.0}},
+                      {"step": 700, "raw": {"proxy_fd": 60.0}}]}
+  assert study.proxy_at(record, 700) == 60.0
+  assert study.proxy_at(record, 700 / 2.0) == 100.0  # twice k0's step cost: step 350
+  assert study.proxy_at(record, 262.5) == pytest.approx(150.0)

@@ -4,7 +4,7 @@
   taskset -c 1 python -m experiments.fashion_mnist.lookahead.study --lane=1 &
   python -m experiments.fashion_mnist.lookahead.study --time      # step cost per arm, quiet machine
   python -m experiments.fashion_mnist.lookahead.study --inception # 2,000-sample Inception FID/KID
-  python -m experiments.fashion_mnist.lookahead.study --report    # paired differences to k = 0
+  python -m experiments.fashion_mnist.lookahead.study --report    # paired table, curves.png
 
 Every arm is the recipe's conditional arm (experiments/fashion_mnist/recipe/run.py, arm
 "cond": configs/fashion_mnist_cpu_cond.py at --steps steps) with loss options changed; seed s
@@ -25,6 +25,7 @@ import numpy as np
 
 from experiments import stats
 from experiments.fashion_mnist.recipe import run as recipe
+from experiments.fashion_mnist.recipe import validate
 from lookahead_drift import experiment, inference, metrics_io, proxy_metric, train_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -145,12 +146,33 @@ def paired(results: dict, metric) -> dict:
   return out
 
 
+def step_costs() -> dict:
+  """arm -> seconds per step as a ratio to k0, from results/step_cost.json (--time)."""
+  path = os.path.join(HERE, "results", "step_cost.json")
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return {arm: v["ratio_to_first"] for arm, v in json.load(f).items()
+            if isinstance(v, dict) and "ratio_to_first" in v}
+
+
+def proxy_at(record: dict, step: float) -> float:
+  """Raw proxy FD of a run at `step`, linear between its scored checkpoints (equal time: an
+  arm r times as costly as k0 has reached step 700 / r when k0 reaches 700)."""
+  steps = [p["step"] for p in record["curve"]]
+  return float(np.interp(step, steps, [p["raw"]["proxy_fd"] for p in record["curve"]]))
+
+
 def report() -> str:
   """Markdown: per arm the raw proxy FD at the last step (and Inception FID/KID where scored),
-  paired differences to k0 with a bootstrap 95 % interval over seeds."""
+  paired differences to k0 with a bootstrap 95 % interval over seeds; then the same proxy at
+  equal wall-clock time (the arm's curve read at k0's time, from the measured step costs)."""
   results = load_results()
+  costs = step_costs()
   metrics = {
       "proxy FD (raw, 5,000)": lambda r: r["curve"][-1]["raw"]["proxy_fd"],
+      "proxy FD (raw, 5,000) at k0's wall-clock time": lambda r: (
+          proxy_at(r, r["steps"] / costs[r["arm"]]) if r["arm"] in costs else None),
       "Inception FID (raw, 2,000)": lambda r: r.get("inception", {}).get("inception_fid"),
       "Inception KID (raw, 2,000)": lambda r: (r.get("inception", {}).get("inception_kid")
                                                or [None])[0],
@@ -171,6 +193,31 @@ def report() -> str:
   return "\n".join(lines)
 
 
+def figure(path: str) -> None:
+  """Raw proxy FD against step per arm: the mean over seeds and the band from the lowest to
+  the highest seed."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  results = load_results()
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for arm in ARMS:
+    curves = [r["curve"] for (a, _), r in sorted(results.items()) if a == arm]
+    if not curves:
+      continue
+    # The scheduled checkpoints only (a run killed and resumed also kept its kill step).
+    steps = sorted(set.intersection(*({p["step"] for p in c} for c in curves)))
+    values = np.array([[p["raw"]["proxy_fd"] for p in c if p["step"] in steps] for c in curves])
+    line, = ax.plot(steps, values.mean(0), marker="o", label=f"{arm} ({len(values)} seeds)")
+    ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+  ax.set(xlabel="step", ylabel="proxy FD (raw parameters, 5,000 samples)", yscale="log",
+         title="Fashion-MNIST, conditional recipe (band: seed range)")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def main(argv=None):
   parser = recipe.lane_parser(__doc__.splitlines()[0], "/work/runs/lookahead")
   parser.add_argument("--seeds", default="", help="comma-separated subset (default: 0,1,2)")
@@ -185,9 +232,9 @@ def main(argv=None):
   seeds = [int(s) for s in args.seeds.split(",") if s] or list(SEEDS)
   if args.report:
     print(report())
+    figure(os.path.join(HERE, "curves.png"))
     return
   if args.inception:
-    from experiments.fashion_mnist.recipe import validate  # pylint: disable=g-import-not-at-top
     scorer = proxy_metric.load(PROXY)
     names = [f"{a}_s{s}" for s in seeds for a in arms if os.path.exists(result_path(a, s))]
     validate.inception_sets(names, 2000, args.runs, scorer,
