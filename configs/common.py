@@ -20,6 +20,8 @@ def loss_config(**overrides) -> ml_collections.ConfigDict:
   loss = ml_collections.ConfigDict({k: v for k, v in fields.items() if v is not None})
   if fields["term_weights"] is None:  # settable from the command line as a tuple
     loss.term_weights = config_dict.placeholder(tuple)
+  if fields["matmul_precision"] is None:  # ... and as a string
+    loss.matmul_precision = config_dict.placeholder(str)
   return loss
 
 

@@ -113,14 +113,31 @@ def ref_loss(x, pos, **kw):
   return ref_loss_and_norms(x, pos, **kw)[0]
 
 
-def ref_loss_and_norms(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None, running=None):
+def ref_loss_and_norms(x, pos, **kw):
+  """The loss (`ref_drift`'s arguments), the norms [K+1, T] (or None) and the terms used."""
+  total, _, sample_w, norms, used = ref_drift(x, pos, **kw)
+  # target = x + V, so ‖x − target‖² = ‖V‖²; summed over groups, mean over samples and dims.
+  return sum((sample_w[gi] * (total[gi] ** 2).mean(-1)).mean()
+             for gi in range(len(total))), norms, used
+
+
+def ref_loss_grad(x, pos, **kw):
+  """d loss / d x, [R, N, D]: the scale s and the target are constants, so the gradient of
+  mean_i w_i ‖x_i / s − target_i‖² / D is −2 w_i V_i / (N D s), V the normalised drift."""
+  total, s, sample_w, _, _ = ref_drift(x, pos, **kw)
+  _, n, d = total.shape
+  return -2.0 * sample_w[..., None] * total / (n * d * s)
+
+
+def ref_drift(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None, running=None):
   """drifting.md §3-4 for one feature map of R rows [R, N, D], step by step in float64.
 
   neg_w: [L] for every row or [R, L] per row; sample_w: [N] or [R, N]. All rows share the
   scale Σ_rij w_rj d_rij / (N Σ_rj w_rj) and each temperature's drift normalisation.
   term_scaling "norm": each term over all rows divided by its norm, smoothed with `running`
-  [K+1, T] (None: this call's norms). Returns the loss, those norms [K+1, T] (or None) and
-  the mean number of terms a chain used (its terms that are not all zero).
+  [K+1, T] (None: this call's norms). Returns the drift Σ_τ V_τ [R, N, D] in normalised
+  features, the scale s, sample_w [R, N], those norms [K+1, T] (or None) and the mean number
+  of terms a chain used (its terms that are not all zero).
   """
   x, pos = np.asarray(x, np.float64), np.asarray(pos, np.float64)
   g, n, d = x.shape
@@ -172,8 +189,7 @@ def ref_loss_and_norms(x, pos, *, cfg, neg=None, neg_w=None, sample_w=None, runn
     if cfg.drift_normalization:
       field = field / np.sqrt((field**2).mean())
     total += field
-  # target = x + V, so ‖x − target‖² = ‖V‖²; summed over groups, mean over samples and dims.
-  return sum((sample_w[gi] * (total[gi] ** 2).mean(-1)).mean() for gi in range(g)), norms, used
+  return total, s, sample_w, norms, used
 
 
 def assert_close(actual, expected, rtol=2e-4):

@@ -3,13 +3,15 @@ lookahead_drift.drift, against each other and the float64 reference (tests/refer
 
 import dataclasses
 import itertools
+import re
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from lookahead_drift import drift
-from reference import assert_close, ref_chain, ref_loss
+from reference import assert_close, ref_chain, ref_loss, ref_loss_grad
 
 
 def test_streaming_matches_dense_and_reference_at_tile_edges():
@@ -68,3 +70,41 @@ def test_dense_flops_are_one_distance_and_one_affinity_product_per_temperature()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   floor = (1 + len(cfg.temperatures)) * 2 * g * n * (n + m) * d
   assert floor <= cost["flops"] <= 1.1 * floor, cost["flops"] / floor
+
+
+def _dot_precisions(cfg: drift.LossConfig, x, pos) -> list[str]:
+  """The precision of every matmul in the lowered loss and gradient, in program order."""
+  text = jax.jit(jax.grad(lambda a: drift.drift_loss(a, pos, config=cfg)[0])).lower(x).as_text()
+  dots = re.findall(r"stablehlo\.dot_general[^\n]*", text)
+  return [re.search(r"precision = \[(\w+), \1\]", dot).group(1) for dot in dots]
+
+
+@pytest.mark.parametrize("impl", ["dense", "streaming"])
+def test_matmul_precision_none_is_todays_and_a_value_sets_every_matmul(impl):
+  """None: the distance products at HIGHEST, the einsums at JAX's default, as before the
+  option existed (its lowered program was checked equal to the previous commit's); a value:
+  every matmul of the loss at it. (On CPU all of them compute float32 alike.)"""
+  rng = np.random.default_rng(42)
+  x, pos = rng.normal(size=(2, 12, 5)), rng.normal(0.5, 1, (2, 9, 5))
+  base = drift.LossConfig(num_lookahead=1, field_impl=impl, block_size=4)
+  today = _dot_precisions(base, x, pos)
+  assert set(today) == {"HIGHEST", "DEFAULT"}
+  for precision in drift.MATMUL_PRECISIONS:
+    got = _dot_precisions(dataclasses.replace(base, matmul_precision=precision), x, pos)
+    assert got == [precision.upper()] * len(today)
+  with pytest.raises(ValueError, match="matmul_precision"):
+    drift.LossConfig(matmul_precision="tf32")
+
+
+@pytest.mark.parametrize("cfg", [
+    drift.LossConfig(matmul_precision="highest"),
+    drift.LossConfig(matmul_precision="highest", num_lookahead=2, field_impl="streaming",
+                     block_size=4, normalization="mean_shift", floor=0.0),
+])
+def test_matmul_precision_highest_gradient_matches_float64(cfg):
+  """The gradient w.r.t. the generated features against the float64 reference's."""
+  rng = np.random.default_rng(43)
+  x = rng.normal(size=(3, 10, 24)).astype(np.float32)
+  pos = (rng.normal(size=(3, 14, 24)) + 0.5).astype(np.float32)
+  grad = jax.grad(lambda a: drift.drift_loss(a, pos, config=cfg)[0])(x)
+  assert_close(grad, ref_loss_grad(x, pos, cfg=cfg))

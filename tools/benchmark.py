@@ -18,6 +18,17 @@ training, or `--drift_mode=forward`) on random features with the config's featur
 Memory: the peak reported by `device.memory_stats()` where the backend has it (GPU/TPU; "n/a"
 on CPU), and XLA's compile-time estimate (`compiled.memory_analysis()`) everywhere.
 
+Utilisation: XLA's FLOP count of the compiled step (`compiled.cost_analysis()`, one device's
+program), the TFLOP/s it achieves at the median step time, and the MFU against
+`--peak_tflops` or the chip's dense peak for the model's dtype (PEAK_TFLOPS; none on CPU).
+`--synthetic_batch` times the step on random images and `--random_encoder=32,64,128` on a
+randomly initialised ConvEncoder: the cost of the real ones, without the data or a checkpoint.
+
+Matmul precision: `--compare_shapes=... --compare_precisions=default,high,highest` adds each
+implementation at each `loss.matmul_precision` (the official code under
+`jax.default_matmul_precision`) and every gradient's error against the float64 reference
+(tests/reference.py).
+
 Multi-process: pass --coordinator_address/--num_processes/--process_id; every process prints
 its own step time and per-process throughput, process 0 also the global throughput
 (global batch / median step time) and writes the JSON.
@@ -26,12 +37,15 @@ its own step time and per-process throughput, process 0 also the global throughp
 of one setting in one row.
 """
 
+import contextlib
 import dataclasses
 import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Callable, Sequence
 
@@ -47,8 +61,11 @@ from lookahead_drift import cli
 from lookahead_drift import drift
 from lookahead_drift import encoder
 from lookahead_drift import experiment
+from lookahead_drift import guidance
 from lookahead_drift import sharding
 import official_code  # tools/official_code.py, beside this script
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
@@ -79,6 +96,21 @@ flags.DEFINE_string("compare_before", None,
                     "An earlier lookahead_drift/drift.py (e.g. `git show REV:lookahead_drift/"
                     "drift.py > /tmp/drift_before.py`), timed as 'before'.")
 flags.DEFINE_integer("compare_steps", 7, "Timed calls per implementation and shape.")
+flags.DEFINE_list("compare_precisions", [],
+                  "With --compare_shapes: also this library and the official code at each of "
+                  "these matmul precisions (loss.matmul_precision), and every gradient against "
+                  "the float64 reference (tests/reference.py; slow beyond N x 2N x D ~ 1e9).")
+flags.DEFINE_float("peak_tflops", None,
+                   "Peak TFLOP/s of one device for the train step's MFU; default: PEAK_TFLOPS "
+                   "for the device kind and config.model.dtype (unknown there: no MFU).")
+flags.DEFINE_bool("synthetic_batch", False,
+                  "Time the train step on uniform random images of config.model.image_shape "
+                  "instead of the input pipeline's batch (for machines without the data set; "
+                  "the step's cost does not depend on the pixels).")
+flags.DEFINE_list("random_encoder", [],
+                  "Widths of a randomly initialised ConvEncoder (one block per stage, as "
+                  "configs/encoder_fashion_mnist.py trains), written to a temporary folder and "
+                  "used as encoder.checkpoint: a trained encoder's cost without one.")
 flags.DEFINE_list("summarize", [],
                   "Instead of measuring: print markdown tables combining these JSON reports "
                   "(repeated runs of the same setting side by side, with their median).")
@@ -87,6 +119,16 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process)
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process).")
 
 ConfigDict = ml_collections.ConfigDict
+
+# Dense peak TFLOP/s of one chip by jax `device_kind` and the model's compute dtype, from
+# NVIDIA's H100 and H200 datasheets, whose tensor-core figures are quoted with sparsity (halved
+# here). float32 is set against the TF32 tensor-core peak: at JAX's default matmul precision
+# these GPUs run float32 matmuls and convolutions in TF32.
+PEAK_TFLOPS = {
+    "NVIDIA H100 80GB HBM3": {"bfloat16": 989.5, "float32": 494.5},  # H100 SXM
+    "NVIDIA H100 PCIe": {"bfloat16": 756.5, "float32": 378.0},
+    "NVIDIA H200": {"bfloat16": 989.5, "float32": 494.5},            # H200 SXM
+}
 
 
 # ----------------------------------------------------------------------------- measurement
@@ -147,6 +189,20 @@ def compiled_analysis(compiled: Any) -> dict[str, float | None]:
   return out
 
 
+def utilisation(flops: float | None, step_s: float, device_kind: str, dtype: str,
+                peak_tflops: float | None = None) -> dict[str, Any]:
+  """TFLOP/s achieved by one device's program of `flops` per `step_s`, and the MFU against
+  `peak_tflops` or PEAK_TFLOPS[device_kind][dtype] (None where neither is known)."""
+  achieved = None if flops is None else flops / step_s / 1e12
+  if peak_tflops:
+    peak, source = float(peak_tflops), "--peak_tflops"
+  else:
+    peak = PEAK_TFLOPS.get(device_kind, {}).get(dtype)
+    source = f"{device_kind} {dtype}, dense (NVIDIA datasheet)" if peak else None
+  return {"achieved_tflops": achieved, "peak_tflops": peak, "peak_source": source,
+          "mfu": achieved / peak if achieved is not None and peak else None}
+
+
 def peak_memory() -> dict[str, Any] | None:
   """Peak bytes in use on this process's devices since the process started (never reset
   here), or None where the backend does not report it (CPU)."""
@@ -190,7 +246,27 @@ def environment() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- train step
 
 
-def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[str, Any]:
+def synthetic_images(config: ConfigDict, n: int, seed: int = 0) -> np.ndarray:
+  """n uniform random images in [-1, 1] of config.model.image_shape (unconditional configs)."""
+  if guidance.from_config(config) is not None:
+    raise cli.UserError("--synthetic_batch supports unconditional configs only.")
+  rng = np.random.default_rng(seed)
+  return rng.uniform(-1, 1, (n, *config.model.image_shape)).astype(np.float32)
+
+
+def write_random_encoder(widths: Sequence[int], image_shape: Sequence[int],
+                         directory: str) -> str:
+  """A ConvEncoder checkpoint (one block per stage) with random weights, as train_encoder
+  writes one; returns its folder, for encoder.checkpoint."""
+  module = encoder.ConvEncoder(widths=tuple(widths), blocks_per_stage=1)
+  params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *image_shape), jnp.float32))
+  return encoder.save_encoder(directory, params, {
+      "widths": list(widths), "blocks_per_stage": 1, "image_shape": list(image_shape),
+      "note": "random weights (tools/benchmark.py --random_encoder)"})
+
+
+def benchmark_train_step(config: ConfigDict, steps: int, warmup: int, synthetic: bool = False,
+                         peak_tflops: float | None = None) -> dict[str, Any]:
   """Times the library's jitted train step on a fixed global batch (see module docstring)."""
   if steps < 1 or warmup < 0:
     raise ValueError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0.")
@@ -198,7 +274,10 @@ def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[st
   exp = experiment.create_experiment(config)
   jax.block_until_ready(exp.state)
   setup_s = time.perf_counter() - start
-  local = next(experiment.create_dataset(config, 0))
+  global_batch = int(config.data.batch_size)
+  local_batch = global_batch // jax.process_count()
+  local = ({"image": synthetic_images(config, local_batch, jax.process_index())} if synthetic
+           else next(experiment.create_dataset(config, 0)))
   batch = sharding.global_batch({"image": local["image"]}, exp.mesh)
 
   compiled, compile_times = compile_timed(exp.step_fn, exp.state, batch, exp.encoder_params)
@@ -220,14 +299,16 @@ def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[st
   pipelined_s = (time.perf_counter() - start) / steps
 
   stats = summarize(times)
-  global_batch = int(config.data.batch_size)
-  local_batch = global_batch // jax.process_count()
   # Every process's median step time, so process 0 can report them all.
   medians = multihost_utils.process_allgather(np.array(stats["median_s"])) \
       if jax.process_count() > 1 else np.array([stats["median_s"]])
+  dtype = str(config.model.get("dtype", "float32"))
   return {
       "global_batch_size": global_batch,
       "process_batch_size": local_batch,
+      "data": "synthetic" if synthetic else str(config.data.name),
+      "model_dtype": dtype,
+      "encoder_dtype": str(config.encoder.get("dtype", "float32")),
       "mesh_shape": dict(exp.mesh.shape),
       "setup_s": setup_s,
       **compile_times,
@@ -240,6 +321,8 @@ def benchmark_train_step(config: ConfigDict, steps: int, warmup: int) -> dict[st
       "process_median_step_s": [float(m) for m in np.ravel(medians)],
       "final_loss": float(jax.device_get(metrics["loss"])),
       "xla_analysis": analysis,
+      "utilisation": utilisation(analysis["flops"], stats["median_s"],
+                                 jax.devices()[0].device_kind, dtype, peak_tflops),
       "peak_memory": peak_memory(),
   }
 
@@ -308,6 +391,7 @@ def run_drift_grid(config: ConfigDict, batch_sizes: Sequence[int], ks: Sequence[
         cfg = dataclasses.replace(base, num_lookahead=int(k))
         result = benchmark_drift_loss(cfg, shapes, steps, warmup, mode)
         result["batch_size"] = int(n)
+        result["peak_memory_so_far"] = peak_memory()  # this process's, points run in order
         results.append(result)
   return results
 
@@ -322,31 +406,62 @@ def _load(loader: Callable[..., Any], *args: str) -> Any:
     raise cli.UserError(str(e)) from None
 
 
+def _at_precision(fn: Callable[[Any, Any], Any], precision: str) -> Callable[[Any, Any], Any]:
+  """fn traced under jax.default_matmul_precision(precision) (its matmuls that name none)."""
+
+  def traced(g, p):
+    with jax.default_matmul_precision(precision):
+      return fn(g, p)
+
+  return traced
+
+
 def drift_loss_variants(loss_config: drift.LossConfig, official_dir: str | None,
-                        before_path: str | None) -> dict[str, Callable[[Any, Any], Any]]:
-  """name -> loss(gen [G, N, D], pos [G, M, D]) for k = 0, each called as its code expects."""
-  variants = {"this": lambda g, p: drift.drift_loss(g, p, config=loss_config)[0]}
+                        before_path: str | None, precisions: Sequence[str] = ()
+                        ) -> dict[str, Callable[[Any, Any], Any]]:
+  """name -> loss(gen [G, N, D], pos [G, M, D]) for k = 0, each called as its code expects;
+  for each of `precisions`, also "this@P" (loss.matmul_precision=P) and "official@P"."""
+  this = lambda cfg: lambda g, p: drift.drift_loss(g, p, config=cfg)[0]
+  variants = {"this": this(loss_config)}
   if before_path:
     before = _load(official_code.load_module, "drift_before", before_path)
     fields = {f.name for f in dataclasses.fields(before.LossConfig)}
     old_cfg = before.LossConfig(**{k: v for k, v in dataclasses.asdict(loss_config).items()
                                    if k in fields})
     variants["before"] = lambda g, p: before.drift_loss(g, p, config=old_cfg)[0]
+  official_fn = None
   if official_dir:
     official = _load(official_code.load_drift_loss, official_dir)
     temps = tuple(loss_config.temperatures)
     # As its train.py calls it: rows = groups, weights 1; the loss summed over rows.
-    variants["official"] = lambda g, p: jnp.sum(official.drift_loss(
+    official_fn = lambda g, p: jnp.sum(official.drift_loss(
         gen=g, fixed_pos=p, weight_gen=jnp.ones(g.shape[:2]), weight_pos=jnp.ones(p.shape[:2]),
         R_list=temps)[0])
+    variants["official"] = official_fn
+  for precision in precisions:
+    variants[f"this@{precision}"] = this(dataclasses.replace(loss_config,
+                                                             matmul_precision=precision))
+    if official_fn is not None:
+      variants[f"official@{precision}"] = _at_precision(official_fn, precision)
   return variants
+
+
+def float64_gradient(loss_config: drift.LossConfig) -> Callable[[Any, Any], np.ndarray]:
+  """(gen, pos) -> the loss's gradient w.r.t. gen from tests/reference.py, in float64."""
+  reference = official_code.load_module("drift_reference",
+                                        os.path.join(ROOT, "tests", "reference.py"))
+  return lambda g, p: reference.ref_loss_grad(np.asarray(g), np.asarray(p), cfg=loss_config)
 
 
 def compare_drift_losses(variants: dict[str, Callable[[Any, Any], Any]],
                          shapes: Sequence[tuple[int, int, int]], steps: int,
-                         num_temperatures: int, seed: int = 0) -> list[dict[str, Any]]:
+                         num_temperatures: int, seed: int = 0,
+                         reference: Callable[[Any, Any], np.ndarray] | None = None
+                         ) -> list[dict[str, Any]]:
   """Value and gradient w.r.t. the generated features, calls interleaved (A, B, C, B, C, A, ...)
-  so that load drifts hit every implementation alike; per shape: time, FLOPs, XLA temp."""
+  so that load drifts hit every implementation alike; per shape: time, FLOPs, XLA temp, and
+  each gradient's largest difference relative to the official one (else the last variant's)
+  and to `reference`'s (float64), if given."""
   results = []
   for g, n, d in shapes:
     kg, kp = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), n * d + g))
@@ -363,14 +478,19 @@ def compare_drift_losses(variants: dict[str, Callable[[Any, Any], Any]],
       for name in names[i % len(names):] + names[:i % len(names)]:
         row["variants"][name]["times"].append(_timed(lambda: compiled[name](gen, pos))[1])
     grads = {name: np.asarray(compiled[name](gen, pos)[1]) for name in names}
+    ref_name = "official" if "official" in grads else names[-1]
+    against = {ref_name: grads[ref_name]}
+    if reference is not None:
+      against["float64"] = reference(gen, pos)
     for name, v in row["variants"].items():
       v["time"] = summarize(v.pop("times"))
-      ref = grads[names[-1]]
-      v["grad_rel_err_vs_" + names[-1]] = float(
-          np.max(np.abs(grads[name] - ref)) / max(np.max(np.abs(ref)), 1e-30))
+      for ref_name, ref in against.items():
+        v["grad_rel_err_vs_" + ref_name] = float(
+            np.max(np.abs(grads[name] - ref)) / max(np.max(np.abs(ref)), 1e-30))
     row["floor_flops"] = (1 + num_temperatures) * 2 * g * n * 2 * n * d
     results.append(row)
-    print(format_compare_table([row]).splitlines()[-1], flush=True)
+    rows_of = format_compare_long if reference is not None else format_compare_table
+    print("\n".join(rows_of([row]).splitlines()[2:]), flush=True)  # no header
   return results
 
 
@@ -391,6 +511,26 @@ def format_compare_table(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def format_compare_long(rows: list[dict[str, Any]]) -> str:
+  """The side-by-side rows one implementation per line, with the gradients' errors."""
+  errs = sorted({k[len("grad_rel_err_vs_"):] for r in rows for v in r["variants"].values()
+                 for k in v if k.startswith("grad_rel_err_vs_")}, key=lambda n: n != "float64")
+  lines = ["| G x N x D | variant | median ms | / this | FLOPs / floor | XLA temp | "
+           + " | ".join(f"grad rel. err. vs {n}" for n in errs) + " |",
+           "|---|---|---|---|---|---|" + "---|" * len(errs)]
+  for r in rows:
+    this_s = r["variants"]["this"]["time"]["median_s"]
+    for name, v in r["variants"].items():
+      t, flops = v["time"]["median_s"], v["xla_analysis"]["flops"]
+      cells = ["x".join(map(str, r["shape"])), name, _ms(t), f"{t / this_s:.2f}",
+               "n/a" if flops is None else f"{flops / r['floor_flops']:.2f}",
+               _bytes(v["xla_analysis"]["temp_bytes"])]
+      cells += [f"{v[f'grad_rel_err_vs_{n}']:.1e}" if f"grad_rel_err_vs_{n}" in v else "n/a"
+                for n in errs]
+      lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -400,6 +540,19 @@ def _ms(seconds: float) -> str:
 
 def _bytes(n: float | None) -> str:
   return "n/a" if n is None else f"{n / 2**20:.2f} MiB"
+
+
+def _flops(n: float | None) -> str:
+  return "n/a" if n is None else f"{n / 1e9:.4g} GFLOP"
+
+
+def _utilisation(u: dict[str, Any] | None) -> str:
+  """"achieved / peak / MFU", n/a for what is unknown (no peak on CPU)."""
+  if not u or u["achieved_tflops"] is None:
+    return "n/a"
+  peak = "n/a" if u["peak_tflops"] is None else f"{u['peak_tflops']:.4g}"
+  mfu = "n/a" if u["mfu"] is None else f"{100 * u['mfu']:.1f} %"
+  return f"{u['achieved_tflops']:.3g} / {peak} / {mfu}"
 
 
 def format_train_table(r: dict[str, Any]) -> str:
@@ -415,6 +568,8 @@ def format_train_table(r: dict[str, Any]) -> str:
       ("images/s, global", f"{r['global_images_per_s']:.4g}"),
       ("lower / compile / first run (s)",
        f"{r['lower_s']:.3f} / {r['compile_s']:.3f} / {r['first_run_s']:.3f}"),
+      ("XLA FLOPs per step (one device)", _flops(r["xla_analysis"]["flops"])),
+      ("achieved TFLOP/s / peak / MFU", _utilisation(r.get("utilisation"))),
       ("peak device memory", "n/a" if peak is None else _bytes(peak["max_peak_bytes_in_use"])),
       ("XLA temp / argument memory per device",
        f"{_bytes(r['xla_analysis']['temp_bytes'])} / "
@@ -505,16 +660,23 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError("--config is required (unless --summarize is given).")
   if FLAGS.compare_shapes:
     shapes = [tuple(int(v) for v in s.split("x")) for s in FLAGS.compare_shapes]
+    precisions = FLAGS.compare_precisions
+    unknown = sorted(set(precisions) - set(drift.MATMUL_PRECISIONS))
+    if unknown:
+      raise cli.UserError(f"--compare_precisions: {unknown} not in {drift.MATMUL_PRECISIONS}.")
     loss_config = dataclasses.replace(experiment.create_loss_config(FLAGS.config),
                                       num_lookahead=0)
-    rows = compare_drift_losses(drift_loss_variants(loss_config, FLAGS.compare_official,
-                                                    FLAGS.compare_before),
-                                shapes, FLAGS.compare_steps, len(loss_config.temperatures))
-    print(format_compare_table(rows), flush=True)
+    rows = compare_drift_losses(
+        drift_loss_variants(loss_config, FLAGS.compare_official, FLAGS.compare_before,
+                            precisions),
+        shapes, FLAGS.compare_steps, len(loss_config.temperatures),
+        reference=float64_gradient(loss_config) if precisions else None)
+    print(format_compare_long(rows) if precisions else format_compare_table(rows), flush=True)
     if FLAGS.json:
       with open(FLAGS.json, "w", encoding="utf-8") as f:
-        json.dump({"environment": environment(), "overrides": _overrides(sys.argv[1:]),
-                   "compare": rows}, f, indent=2)
+        json.dump({"config": config_flags.get_config_filename(FLAGS["config"]),
+                   "environment": environment(), "overrides": _overrides(sys.argv[1:]),
+                   "compare_precisions": precisions, "compare": rows}, f, indent=2)
     return
   sharding.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                      FLAGS.process_id)
@@ -525,11 +687,27 @@ def main(argv: Sequence[str]) -> None:
       "overrides": _overrides(sys.argv[1:]),
       "environment": environment(),
       "flags": {"steps": FLAGS.steps, "warmup": FLAGS.warmup, "drift_mode": FLAGS.drift_mode,
-                "drift_steps": FLAGS.drift_steps, "drift_warmup": FLAGS.drift_warmup},
+                "drift_steps": FLAGS.drift_steps, "drift_warmup": FLAGS.drift_warmup,
+                "synthetic_batch": FLAGS.synthetic_batch,
+                "random_encoder": [int(w) for w in FLAGS.random_encoder],
+                "peak_tflops": FLAGS.peak_tflops},
   }
+  with contextlib.ExitStack() as cleanup:
+    if FLAGS.random_encoder:
+      if config.encoder.kind != "conv":
+        raise cli.UserError("--random_encoder needs encoder.kind='conv'.")
+      folder = tempfile.mkdtemp(prefix="random_encoder_")
+      cleanup.callback(shutil.rmtree, folder, ignore_errors=True)
+      config.encoder.checkpoint = write_random_encoder(
+          [int(w) for w in FLAGS.random_encoder], config.model.image_shape, folder)
+    _measure(config, report, lead)
 
+
+def _measure(config: ConfigDict, report: dict[str, Any], lead: bool) -> None:
+  """The train step and the drift grid as the flags say, into `report` (written by process 0)."""
   if FLAGS.train_step:
-    result = benchmark_train_step(config, FLAGS.steps, FLAGS.warmup)
+    result = benchmark_train_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.synthetic_batch,
+                                  FLAGS.peak_tflops)
     report["train_step"] = result
     print(f"[process {jax.process_index()}/{jax.process_count()}] median step "
           f"{_ms(result['step_time']['median_s'])} ms, "

@@ -55,10 +55,10 @@ class FieldSpec:
 # Distances and the kernel (§1).
 
 
-def sq_dist(x: Array, y: Array) -> Array:
+def sq_dist(x: Array, y: Array, precision: str = "highest") -> Array:
   """Pairwise ‖x − y‖², [N, L], for inputs already centred near the origin."""
-  # HIGHEST precision: TF32 would lose the small distances to cancellation.
-  xy = jnp.matmul(x, y.T, precision=jax.lax.Precision.HIGHEST)
+  # "highest" precision: TF32 would lose the small distances to cancellation.
+  xy = jnp.matmul(x, y.T, precision=precision)
   return jnp.maximum(jnp.sum(x * x, -1)[:, None] + jnp.sum(y * y, -1)[None, :] - 2.0 * xy, 0.0)
 
 
@@ -180,13 +180,14 @@ def drift_from_affinities(x: Array, a_neg: Array, a_pos: Array, y_neg: Array, y_
 
 def fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, spec: FieldSpec, *,
            self_neg: bool, neg_w: Array | None = None, pos_w: Array | None = None,
-           d2: Array | None = None) -> Array:
+           d2: Array | None = None, precision: str = "highest") -> Array:
   """The field V_{p,q}(x) at each temperature, [T, N, D] (eqs. 2-4 or Algorithm 2).
 
-  d2: squared distances [N, L'] from the centred x to `targets`, when the caller has them.
+  d2: squared distances [N, L'] from the centred x to `targets`, when the caller has them;
+  else computed at `precision` (`sq_dist`).
   """
   x, t = targets(x, y_pos, y_neg, spec, self_neg=self_neg, neg_w=neg_w, pos_w=pos_w)
-  d2 = sq_dist(x, t.points) if d2 is None else d2
+  d2 = sq_dist(x, t.points, precision) if d2 is None else d2
   k = t.num_neg
   valid = jnp.broadcast_to(t.logw > NEG_INF, d2.shape)
   if self_neg:

@@ -53,7 +53,9 @@ class LossConfig:
   official code's placement) or "kernel" (k times w), §4; feature_normalization and
   drift_normalization (§4).
   Execution, read only by `plan_of` (see `plan.Execution`): field_impl ("auto", "dense",
-  "streaming"), memory_budget_mb, group_chunk, block_size.
+  "streaming"), memory_budget_mb, group_chunk, block_size, matmul_precision (None: the
+  distance products at "highest", the other matmuls at JAX's default; "default", "high" or
+  "highest": all of them, for accelerators, where the lower ones trade accuracy for speed).
   """
   temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
   kernel: str = "laplace"
@@ -73,6 +75,7 @@ class LossConfig:
   memory_budget_mb: float = 0.0
   group_chunk: int = 0
   block_size: int = 1024
+  matmul_precision: str | None = None
 
   def __post_init__(self):
     temps = tuple(float(t) for t in np.atleast_1d(self.temperatures))
@@ -115,7 +118,8 @@ class LossConfig:
   @property
   def execution(self) -> plan_lib.Execution:
     return plan_lib.Execution(impl=self.field_impl, memory_budget_mb=self.memory_budget_mb,
-                              group_chunk=self.group_chunk, block_size=self.block_size)
+                              group_chunk=self.group_chunk, block_size=self.block_size,
+                              matmul_precision=self.matmul_precision)
 
 
 def plan_of(config: LossConfig, *, n: int, num_targets: int, num_groups: int = 1
@@ -210,8 +214,8 @@ def _targets(x: Array, pos: Array, neg: Array | None) -> Array:
 def _distance_sum(x: Array, targets: Array, w: Array, plan: plan_lib.Plan) -> Array:
   x, targets = field.centred(x, targets)
   if plan.impl == "streaming":
-    return streaming.distance_sum(x, targets, w, plan.block_size)
-  return weighted_distance_sum(field.sq_dist(x, targets), w)
+    return streaming.distance_sum(x, targets, w, plan.block_size, plan.distance_precision)
+  return weighted_distance_sum(field.sq_dist(x, targets, plan.distance_precision), w)
 
 
 def _terms(xs, pos, neg, neg_w, target_w, config: LossConfig, plan: plan_lib.Plan):
@@ -238,7 +242,8 @@ def _terms(xs, pos, neg, neg_w, target_w, config: LossConfig, plan: plan_lib.Pla
 
   groups = (xs, pos, neg, neg_w)
   if plan.impl == "dense" and plan.groups_per_pass >= rows:
-    d2 = jax.vmap(lambda xg, pg, ng: field.sq_dist(*field.centred(xg, _targets(xg, pg, ng))))(
+    d2 = jax.vmap(lambda xg, pg, ng: field.sq_dist(*field.centred(xg, _targets(xg, pg, ng)),
+                                                   plan.distance_precision))(
         xs, pos, neg)                                                  # [R, N, n + L + M]
     scale = scale_of(weighted_distance_sum(d2, target_w))
     terms, used = jax.vmap(lambda xg, pg, ng, wg, dg: chain(xg, pg, ng, wg, scale, dg))(
@@ -268,9 +273,10 @@ def _map_loss(x: Array, pos: Array, neg: Array | None, neg_w: Array | None, samp
       [ones(n)] + ([] if neg is None else [ones(neg.shape[1]) if neg_w is None else neg_w])
       + [ones(pos.shape[1])], axis=1)                                  # [R, n + L + M]
   plan = plan_of(config, n=n, num_targets=target_w.shape[1], num_groups=rows)
-  terms, used, scale = _terms(xs, pos, neg, neg_w, target_w, config, plan)
-  loss, metrics, norms = regression_loss(x, terms, scale, sample_w, config, num_classes,
-                                         running)
+  with plan_lib.matmul_scope(plan):
+    terms, used, scale = _terms(xs, pos, neg, neg_w, target_w, config, plan)
+    loss, metrics, norms = regression_loss(x, terms, scale, sample_w, config, num_classes,
+                                           running)
   if config.lookahead_tol > 0:
     metrics["lookahead/terms_used"] = jnp.mean(used.astype(jnp.float32))
   return loss, metrics, norms

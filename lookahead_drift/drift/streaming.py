@@ -102,14 +102,15 @@ def _over_tiles(tiles: _Tiles, tile, row_init, col_init=(), col_merge=lambda c, 
   return row_accs, col_acc
 
 
-def _tile_logits(tiles: _Tiles, r, b, temps: Array, kernel: str, self_neg: bool):
+def _tile_logits(tiles: _Tiles, r, b, temps: Array, kernel: str, self_neg: bool,
+                 precision: str):
   """Tile (r, b): logits [T, bn, bt] (−inf where masked), its targets and their log w."""
   bn, bt = tiles.bn, tiles.bt
   tb, lw = _slice(tiles.points, b * bt, bt), _slice(tiles.logw, b * bt, bt)
   keep = _slice(tiles.row_ok, r * bn, bn)[:, None]
   if self_neg:  # x_i is not its own negative
     keep = keep & ((r * bn + jnp.arange(bn))[:, None] != _slice(tiles.col_id, b * bt, bt)[None])
-  c = field.cost(field.sq_dist(_slice(tiles.x, r * bn, bn), tb), kernel)
+  c = field.cost(field.sq_dist(_slice(tiles.x, r * bn, bn), tb, precision), kernel)
   return jnp.where(keep[None], lw[None, None, :] - c[None] / temps[:, None, None], NEG_INF), tb, lw
 
 
@@ -173,7 +174,7 @@ def _affinity_sums(tiles: _Tiles, logits_of, normalizers, aff_w, spec: FieldSpec
 
 def fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, spec: FieldSpec, *,
            self_neg: bool, neg_w: Array | None = None, pos_w: Array | None = None,
-           block_size: int) -> Array:
+           block_size: int, precision: str = "highest") -> Array:
   """`field.fields` in tiles of `block_size`, [T, N, D]."""
   x, t = field.targets(x, y_pos, y_neg, spec, self_neg=self_neg, neg_w=neg_w, pos_w=pos_w)
   (n, d), num_t = x.shape, temps.shape[0]
@@ -181,7 +182,7 @@ def fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, spec: Fiel
   aff_w = None
   if t.aff_w is not None:  # laid out like the padded targets; padding weighs 0
     aff_w = jnp.where(tiles.col_id >= 0, t.aff_w[jnp.maximum(tiles.col_id, 0)], 0.0)
-  logits_of = lambda r, b: _tile_logits(tiles, r, b, temps, spec.kernel, self_neg)
+  logits_of = lambda r, b: _tile_logits(tiles, r, b, temps, spec.kernel, self_neg, precision)
   normalizers = _normalizers(tiles, logits_of, num_t, spec.normalization)
   s, ay = _affinity_sums(tiles, logits_of, normalizers, aff_w, spec, d)
   s, ay = s[..., :n], ay[:, :, :n]
@@ -191,7 +192,8 @@ def fields(x: Array, y_pos: Array, y_neg: Array | None, temps: Array, spec: Fiel
   return s[0][..., None] * pull[1] - s[1][..., None] * pull[0]
 
 
-def distance_sum(x: Array, points: Array, w: Array, block_size: int) -> Array:
+def distance_sum(x: Array, points: Array, w: Array, block_size: int,
+                 precision: str = "highest") -> Array:
   """Σ_ij w_j ‖x_i − t_j‖ for centred x [N, D] and targets [L, D], tile by tile."""
   tiles = _tiled(x, points, w, points.shape[0], block_size)
   wp = _pad(w, tiles.points.shape[0], 0.0)
@@ -199,7 +201,8 @@ def distance_sum(x: Array, points: Array, w: Array, block_size: int) -> Array:
 
   def tile(r, b, acc):
     ok = _slice(tiles.row_ok, r * bn, bn)
-    d = field.dist(field.sq_dist(_slice(tiles.x, r * bn, bn), _slice(tiles.points, b * bt, bt)))
+    d = field.dist(field.sq_dist(_slice(tiles.x, r * bn, bn), _slice(tiles.points, b * bt, bt),
+                                 precision))
     return acc + jnp.sum(d * ok[:, None] * _slice(wp, b * bt, bt)), ()
 
   sums, _ = _over_tiles(tiles, tile, jnp.float32(0.0))
