@@ -3,11 +3,11 @@
 The whole train state (step, params, EMA params, optimizer state, RNG) is one pytree; the
 data position is the step, so restoring it is all a relaunch needs to continue exactly.
 Each checkpoint also holds an "integrity" JSON item: a checksum per array, keyed by the
-array's path in the state ("params/params/Dense_0/kernel"; computed on device when saving),
-and any small extra data (the training loop's metric window). `restore` recomputes the
-checksums of the arrays it returns and refuses a checkpoint whose arrays changed or are not
-finite; `newest_good` is the resume policy (the newest checkpoint that restores); a
-non-finite state is never saved.
+array's path in the state ("params/params/Dense_0/kernel"; checkpoint_integrity.py computes
+them on device), and any small extra data (the training loop's metric window). `restore`
+recomputes the checksums of the arrays it returns and refuses a checkpoint whose arrays
+changed or are not finite; `newest_good` is the resume policy (the newest checkpoint that
+restores); a non-finite state is never saved.
 """
 
 import dataclasses
@@ -18,19 +18,16 @@ import time
 from typing import Any, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
 from lookahead_drift import cli
+from lookahead_drift.checkpoint_integrity import fingerprint, leaf_paths, stored_checksums
 
 PyTree = Any
 INTEGRITY = "integrity"
-# The train-state fields in the order of checkpoints written before checksums were keyed by
-# path (they were a list, one per leaf in this order): read to restore those checkpoints.
-_LEGACY_ORDER = ("step", "params", "ema_params", "opt_state", "rng")
 
 
 class CheckpointError(ValueError):
@@ -39,45 +36,6 @@ class CheckpointError(ValueError):
 
 class CorruptCheckpointError(CheckpointError):
   """A checkpoint whose files are unreadable, incomplete, or fail the integrity check."""
-
-
-def _key_name(key: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(key, attr):
-      return str(getattr(key, attr))
-  return str(key)
-
-
-def leaf_paths(tree: PyTree) -> list[str]:
-  """Each leaf's "a/b/0" path, in leaf order; attributes and dict keys read alike, so a
-  dataclass state and the dict orbax restores it as have the same paths."""
-  return ["/".join(_key_name(k) for k in path)
-          for path, _ in jax.tree_util.tree_leaves_with_path(tree)]
-
-
-def _leaf_checksum(x: jax.Array) -> jax.Array:
-  """A position-weighted sum of the leaf's bits (uint32, wrapping; exact in any order)."""
-  if x.dtype == jnp.bool_:
-    bits = x.astype(jnp.uint32)
-  else:
-    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
-    bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
-  bits = bits.ravel()
-  weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
-  return jnp.sum(bits * weights, dtype=jnp.uint32)
-
-
-@jax.jit
-def _fingerprint(tree: PyTree) -> tuple[list[jax.Array], jax.Array]:
-  leaves = jax.tree.leaves(tree)
-  finite = [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return [_leaf_checksum(x) for x in leaves], jnp.all(jnp.stack(finite or [jnp.bool_(True)]))
-
-
-def fingerprint(tree: PyTree) -> tuple[dict[str, int], bool]:
-  """({leaf path: checksum}, whether every float leaf is finite), computed on device."""
-  sums, finite = jax.device_get(_fingerprint(tree))
-  return dict(zip(leaf_paths(tree), (int(s) for s in sums))), bool(finite)
 
 
 def create_manager(directory: str, *, max_to_keep: int | None, save_every: int,
@@ -349,18 +307,6 @@ def _without_absent_fields(abstract: PyTree, stored: Any) -> tuple[PyTree, dict[
   return {k: getattr(abstract, k) for k in names if k not in absent}, absent
 
 
-def _stored_checksums(integrity: dict[str, Any], state: PyTree) -> dict[str, int]:
-  """{leaf path: checksum} saved with `state` (the whole restored state). Checkpoints written
-  before the path keys hold a list in the leaf order of the fields in _LEGACY_ORDER."""
-  stored = integrity.get("checksums") or {}
-  if isinstance(stored, dict):
-    return stored
-  field = (lambda k: state[k]) if isinstance(state, dict) else (lambda k: getattr(state, k))
-  paths = ["/".join(filter(None, (name, p)))
-           for name in _LEGACY_ORDER for p in leaf_paths(field(name))]
-  return dict(zip(paths, stored))
-
-
 def _verify(path: str, tree: PyTree, checksums: dict[str, int] | None) -> None:
   """Raises CorruptCheckpointError unless `tree`'s arrays are finite and each matches the
   checksum saved under its path (None: a checkpoint without checksums, finiteness only)."""
@@ -409,7 +355,7 @@ def restore(directory: str, target: PyTree | None = None, step: int | None = Non
   if saved_step != step:
     raise CorruptCheckpointError(f"Checkpoint {path} holds step {saved_step}, not {step}. "
                                  f"{_ADVICE}")
-  checksums = None if integrity is None else _stored_checksums(integrity, state)
+  checksums = None if integrity is None else stored_checksums(integrity, state)
   if items is not None:
     state = {k: state[k] for k in items}
   _verify(path, state, checksums)

@@ -85,6 +85,63 @@ def _done(path: str, num_samples: int, reference: str) -> set[tuple[int, float]]
           if r.get("num_samples") == num_samples and r.get("reference") == reference}
 
 
+def _checked_settings(workdir: str, config: ml_collections.ConfigDict | None,
+                      reference_path: str | None, num_samples: int | None,
+                      cfg_scales: list[float] | None
+                      ) -> tuple[ml_collections.ConfigDict, str, int, list[float]]:
+  """(config, reference path, sample count, guidance scales) of an evaluation, defaults from
+  the run's config, each checked before the Inception network (slow to compile) is built."""
+  if not os.path.isdir(workdir):
+    raise cli.UserError(f"--workdir {workdir} does not exist (start evaluate once training has "
+                        "created it).")
+  config = inference.run_config(workdir, config)
+  eval_config = config.get("eval", ml_collections.ConfigDict())
+  reference_path = reference_path or eval_config.get("reference")
+  if not reference_path:
+    raise cli.UserError("--reference (or config.eval.reference) is required: a statistics "
+                        "or images .npz, e.g. from `python -m lookahead_drift.fid --ref ...`.")
+  num_samples = num_samples or eval_config.get("num_samples", 50_000)
+  if len(config.model.get("image_shape", ())) != 3:
+    raise ValueError("evaluate needs an image config (config.model.image_shape [H, W, C]); "
+                     "2-D toy runs are measured by experiments/toy2d instead.")
+  if num_samples < 2:
+    raise ValueError(f"--num_samples must be >= 2, got {num_samples}")
+  cfg_scales = [float(a) for a in (cfg_scales or [1.0])]
+  for a in cfg_scales:  # fail now on a scale the run was not trained for
+    inference.conditions(config, 1, cfg_scale=a)
+  if not os.path.isfile(reference_path):
+    raise FileNotFoundError(f"no reference file at {reference_path}: make statistics with "
+                            "`python -m lookahead_drift.fid --ref NAME --out PATH`")
+  return config, reference_path, num_samples, cfg_scales
+
+
+def _check_step(workdir: str, step: int | None, watch: bool) -> None:
+  """A CheckpointError unless WORKDIR has checkpoint `step` (None: any checkpoint) or the
+  evaluation will `watch` for checkpoints (the directory is read either way)."""
+  steps = inference.checkpoint_steps(workdir)
+  if not watch and (not steps or (step is not None and step not in steps)):
+    raise checkpoint.CheckpointError(
+        f"No checkpoint {'' if step is None else f'for step {step} '}in "
+        f"{os.path.join(workdir, 'checkpoints')}; there are {steps}.")
+
+
+def _watch(workdir: str, evaluate: Callable[[int, float], None], cfg_scales: list[float], *,
+           num_samples: int, reference_path: str, last_step: int, poll_seconds: float) -> None:
+  """Evaluates each (checkpoint, guidance scale) not yet in eval.jsonl as checkpoints appear,
+  until the run's `last_step` is done."""
+  out_path = os.path.join(workdir, "eval.jsonl")
+  while True:
+    done = _done(out_path, num_samples, reference_path)
+    todo = [(s, a) for s in inference.checkpoint_steps(workdir) for a in cfg_scales
+            if (s, a) not in done]
+    for s, a in todo:
+      evaluate(s, a)
+    if todo and todo[-1][0] >= last_step or all((last_step, a) in done for a in cfg_scales):
+      return
+    logging.info("Waiting %.0f s for new checkpoints in %s.", poll_seconds, workdir)
+    time.sleep(poll_seconds)
+
+
 def evaluate_run(workdir: str, *, reference_path: str | None = None,
                  num_samples: int | None = None, step: int | None = None, watch: bool = False,
                  poll_seconds: float = 60.0, inception_weights: str | None = None,
@@ -101,36 +158,11 @@ def evaluate_run(workdir: str, *, reference_path: str | None = None,
   Conditional runs are scored at each guidance scale of `cfg_scales` (default [1]), one
   record per scale.
   """
-  if not os.path.isdir(workdir):
-    raise cli.UserError(f"--workdir {workdir} does not exist (start evaluate once training has "
-                        "created it).")
-  config = inference.run_config(workdir, config)
-  eval_config = config.get("eval", ml_collections.ConfigDict())
-  reference_path = reference_path or eval_config.get("reference")
-  if not reference_path:
-    raise cli.UserError("--reference (or config.eval.reference) is required: a statistics "
-                        "or images .npz, e.g. from `python -m lookahead_drift.fid --ref ...`.")
-  num_samples = num_samples or eval_config.get("num_samples", 50_000)
-  # Cheap checks first: the Inception network takes a while to compile.
-  if len(config.model.get("image_shape", ())) != 3:
-    raise ValueError("evaluate needs an image config (config.model.image_shape [H, W, C]); "
-                     "2-D toy runs are measured by experiments/toy2d instead.")
-  if num_samples < 2:
-    raise ValueError(f"--num_samples must be >= 2, got {num_samples}")
-  cfg_scales = [float(a) for a in (cfg_scales or [1.0])]
-  for a in cfg_scales:  # fail now on a scale the run was not trained for
-    inference.conditions(config, 1, cfg_scale=a)
-  if not os.path.isfile(reference_path):
-    raise FileNotFoundError(f"no reference file at {reference_path}: make statistics with "
-                            "`python -m lookahead_drift.fid --ref NAME --out PATH`")
-  steps = inference.checkpoint_steps(workdir)
-  if not watch and (not steps or (step is not None and step not in steps)):
-    raise checkpoint.CheckpointError(
-        f"No checkpoint {'' if step is None else f'for step {step} '}in "
-        f"{os.path.join(workdir, 'checkpoints')}; there are {steps}.")
+  config, reference_path, num_samples, cfg_scales = _checked_settings(
+      workdir, config, reference_path, num_samples, cfg_scales)
+  _check_step(workdir, step, watch)
   extractor = extractor or inception.FeatureExtractor(inception_weights, batch_size=batch_size)
   reference = load_reference(reference_path, extractor)
-  out_path = os.path.join(workdir, "eval.jsonl")
   writer = metrics_io.MetricWriter(workdir, tensorboard=config.get("tensorboard", True),
                                    filename="eval.jsonl", tensorboard_subdir="eval")
   records = []
@@ -147,20 +179,12 @@ def evaluate_run(workdir: str, *, reference_path: str | None = None,
       on_record(records[-1])
 
   try:
-    if not watch:
+    if watch:
+      _watch(workdir, run, cfg_scales, num_samples=num_samples, reference_path=reference_path,
+             last_step=config.num_steps, poll_seconds=poll_seconds)
+    else:
       for alpha in cfg_scales:
         run(step, alpha)
-      return records
-    while True:
-      done = _done(out_path, num_samples, reference_path)
-      todo = [(s, a) for s in inference.checkpoint_steps(workdir) for a in cfg_scales
-              if (s, a) not in done]
-      for s, a in todo:
-        run(s, a)
-      if (todo and todo[-1][0] >= config.num_steps
-          or all((config.num_steps, a) in done for a in cfg_scales)):
-        return records
-      logging.info("Waiting %.0f s for new checkpoints in %s.", poll_seconds, workdir)
-      time.sleep(poll_seconds)
+    return records
   finally:
     writer.close()

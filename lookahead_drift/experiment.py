@@ -76,6 +76,54 @@ def create_loss_config(config: ConfigDict) -> drift.LossConfig:
   return drift.LossConfig(**kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class _DriftProblem:
+  """What a step's generated samples are drifted against, and how they are generated."""
+  num_gen: int  # samples to generate
+  gen_inputs: dict[str, jax.Array]  # the generator's conditions per sample ({}: none)
+  rows: Callable[[PyTree], PyTree]  # features -> the loss's layout (per label when conditional)
+  pos_feats: PyTree  # the positives' features (no gradient)
+  loss_inputs: dict[str, jax.Array]  # drift_loss's negatives and their weights ({}: none)
+  metrics: dict[str, jax.Array]  # extra metrics of the step
+
+
+def _drift_problem(batch: dict[str, jax.Array], embed: Callable, rng: jax.Array,
+                   cond: guidance.Guidance | None, num_generated: int) -> _DriftProblem:
+  """The step's problem: the positives' features, and for conditional batches α per label,
+  the generator's labels and α, and the unconditional negatives (see train_step)."""
+  real = batch["image"]
+  if cond is None:
+    return _DriftProblem(num_generated or real.shape[0], {}, lambda feats: feats,
+                         jax.lax.stop_gradient(embed(real)), {}, {})
+  labels = batch["label"]
+  num_labels = labels.shape[0]
+  alpha = guidance.sample_alpha(jax.random.fold_in(rng, 1), num_labels, cond)
+  per_sample = lambda a: jnp.repeat(a, cond.gen_per_label, axis=0)
+  gen_inputs = {"labels": per_sample(labels), "alpha": per_sample(alpha)}
+  rows = lambda feats: guidance.rows_by_label(feats, num_labels)  # -> [C, G, K, D]
+  flat = lambda x: x.reshape((-1, *x.shape[2:]))                    # [C, K, ...] -> [C·K, ...]
+  pos_feats = jax.lax.stop_gradient(rows(embed(flat(real))))
+  loss_inputs = {}
+  if cond.neg_per_label:
+    loss_inputs = {"neg_feats": jax.lax.stop_gradient(rows(embed(flat(batch["neg_image"])))),
+                   "neg_weights": guidance.negative_weights(alpha, cond)}
+  return _DriftProblem(num_labels * cond.gen_per_label, gen_inputs, rows, pos_feats,
+                       loss_inputs, {"guidance/alpha_mean": jnp.mean(alpha)})
+
+
+def _nonfinite_bits(metrics: dict[str, jax.Array]) -> jax.Array:
+  """Bit i set for each non-finite metrics[NONFINITE_METRICS[i]] (0: a good step)."""
+  bad = [~jnp.all(jnp.isfinite(metrics[k])) for k in NONFINITE_METRICS]
+  return sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
+
+
+def _next_state(state: TrainState, keep_new: jax.Array, **new: PyTree) -> TrainState:
+  """`state` one step on, with the `new` fields where `keep_new`, else the old ones."""
+  pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
+  return state.replace(step=state.step + 1,
+                       **{k: pick(v, getattr(state, k)) for k, v in new.items()})
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: PyTree, *,
                generator: Any, noise_shape: tuple[int, ...], feature_fn: Callable,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
@@ -98,36 +146,18 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   metrics["nonfinite"] has bit i set for each bad NONFINITE_METRICS[i] (0: a good step).
   """
   rng = jax.random.fold_in(state.rng, state.step)
-  real = batch["image"]
   as_f32 = lambda tree: jax.tree.map(lambda f: f.astype(jnp.float32), tree)
   embed = lambda x: as_f32(feature_fn(encoder_params, x))
-  extra_metrics, gen_inputs, loss_inputs = {}, {}, {}
-  if cond is None:
-    num_gen, rows = num_generated or real.shape[0], lambda feats: feats
-    pos_feats = jax.lax.stop_gradient(embed(real))
-  else:
-    labels = batch["label"]
-    num_labels = labels.shape[0]
-    num_gen = num_labels * cond.gen_per_label
-    alpha = guidance.sample_alpha(jax.random.fold_in(rng, 1), num_labels, cond)
-    per_sample = lambda a: jnp.repeat(a, cond.gen_per_label, axis=0)
-    gen_inputs = {"labels": per_sample(labels), "alpha": per_sample(alpha)}
-    rows = lambda feats: guidance.rows_by_label(feats, num_labels)  # -> [C, G, K, D]
-    flat = lambda x: x.reshape((-1, *x.shape[2:]))                    # [C, K, ...] -> [C·K, ...]
-    pos_feats = jax.lax.stop_gradient(rows(embed(flat(real))))
-    if cond.neg_per_label:
-      loss_inputs = {"neg_feats": jax.lax.stop_gradient(rows(embed(flat(batch["neg_image"])))),
-                     "neg_weights": guidance.negative_weights(alpha, cond)}
-    extra_metrics = {"guidance/alpha_mean": jnp.mean(alpha)}
-  noise = jax.random.normal(rng, (num_gen, *noise_shape), jnp.float32)
+  problem = _drift_problem(batch, embed, rng, cond, num_generated)
+  noise = jax.random.normal(rng, (problem.num_gen, *noise_shape), jnp.float32)
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
 
   def loss_fn(params):
-    generated = generator.apply(params, noise, **gen_inputs).astype(jnp.float32)
+    generated = generator.apply(params, noise, **problem.gen_inputs).astype(jnp.float32)
     loss, metrics, loss_state = drift.drift_loss(
-        rows(embed(generated)), pos_feats, config=loss_config, loss_state=state.loss_state,
-        **loss_inputs)
+        problem.rows(embed(generated)), problem.pos_feats, config=loss_config,
+        loss_state=state.loss_state, **problem.loss_inputs)
     return loss, (metrics, loss_state)
 
   (loss, (loss_metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -136,17 +166,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   params = optax.apply_updates(state.params, updates)
   ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
                             state.ema_params, params)
-  metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()}, **extra_metrics,
+  metrics = {**{f"drift/{k}": v for k, v in loss_metrics.items()}, **problem.metrics,
              "loss": loss, "grad_norm": optax.tree.norm(grads),
              "param_norm": optax.tree.norm(params), "learning_rate": schedule(state.step)}
-  bad = [~jnp.all(jnp.isfinite(metrics[k])) for k in NONFINITE_METRICS]
-  metrics["nonfinite"] = sum(b.astype(jnp.int32) << i for i, b in enumerate(bad))
-  keep_new = metrics["nonfinite"] == 0
-  pick = lambda new, old: jax.tree.map(lambda a, b: jnp.where(keep_new, a, b), new, old)
-  new_state = state.replace(step=state.step + 1, params=pick(params, state.params),
-                            ema_params=pick(ema_params, state.ema_params),
-                            opt_state=pick(opt_state, state.opt_state),
-                            loss_state=pick(loss_state, state.loss_state))
+  metrics["nonfinite"] = _nonfinite_bits(metrics)
+  new_state = _next_state(state, metrics["nonfinite"] == 0, params=params,
+                          ema_params=ema_params, opt_state=opt_state, loss_state=loss_state)
   return new_state, metrics
 
 

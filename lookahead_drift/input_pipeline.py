@@ -9,18 +9,15 @@ and the processes' shares are disjoint and together form the global batch.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import gzip
-import io
-import os
-import pickle
-import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
 from lookahead_drift import config_util
+from lookahead_drift import image_files
 
 TOY_DATASETS = ("eight_gaussians", "checkerboard", "swiss_roll")
 IMAGE_DATASETS = ("fashion_mnist", "cifar10")
@@ -28,17 +25,6 @@ DATASETS = TOY_DATASETS + IMAGE_DATASETS
 # Classes of each data set: the toy labels are the modes / filled squares (swiss roll: one).
 NUM_CLASSES = {"eight_gaussians": 8, "checkerboard": 8, "swiss_roll": 1, "fashion_mnist": 10,
                "cifar10": 10}
-
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-_FASHION_MNIST_HOWTO = (
-    "Install it with `apt-get install -y dataset-fashion-mnist` (files go to "
-    f"{FASHION_MNIST_DIR}) or point data_config.data_dir at a folder holding the four "
-    "original IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-    "t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz; uncompressed also accepted).")
-_CIFAR_HOWTO = (
-    "Put the original cifar-10-python.tar.gz or cifar-10-binary.tar.gz (or their extracted "
-    "cifar-10-batches-py / cifar-10-batches-bin folders) in data_config.data_dir, or set "
-    "data_config.source = 'tfds' to read a prepared tfds `cifar10`.")
 
 
 # ----------------------------------------------------------------------------- toy data
@@ -88,180 +74,19 @@ def _sample_toy_with_labels(name: str, n: int, rng: np.random.Generator | int,
   return points.astype(np.float32), labels.astype(np.int32)
 
 
-# ----------------------------------------------------------------------------- file readers
-
-
-def _open_maybe_gz(path: str) -> bytes:
-  try:
-    with open(path, "rb") as f:
-      raw = f.read()
-    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
-    raise ValueError(f"Could not read {path!r} ({e}); the file looks damaged. "
-                     + _FASHION_MNIST_HOWTO) from e
-
-
-def _read_idx(path: str, expected_ndim: int) -> np.ndarray:
-  """Parses an IDX file of unsigned bytes (magic 0x0000080N, big-endian int32 dims)."""
-  data = _open_maybe_gz(path)
-  if len(data) < 4 or data[:3] != b"\x00\x00\x08" or data[3] != expected_ndim:
-    raise ValueError(f"{path!r} is not an IDX uint8 file with {expected_ndim} dims "
-                     f"(header {data[:4]!r}). " + _FASHION_MNIST_HOWTO)
-  header = 4 + 4 * expected_ndim
-  shape = tuple(int(d) for d in np.frombuffer(data[4:header], ">i4"))
-  if len(data) != header + int(np.prod(shape)):
-    raise ValueError(f"{path!r} holds {len(data) - header} bytes of data but its header "
-                     f"says shape {shape}; the file is truncated or damaged. "
-                     + _FASHION_MNIST_HOWTO)
-  return np.frombuffer(data, np.uint8, offset=header).reshape(shape)
-
-
-def _find_file(data_dir: str, stem: str) -> str:
-  for name in (stem + ".gz", stem):
-    if os.path.exists(os.path.join(data_dir, name)):
-      return os.path.join(data_dir, name)
-  raise FileNotFoundError(f"Expected Fashion-MNIST file {stem}.gz (or {stem}) in "
-                          f"data_dir={data_dir!r}, not found. " + _FASHION_MNIST_HOWTO)
-
-
-def _load_fashion_mnist(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  prefix = {"train": "train", "test": "t10k"}[split]
-  images = _read_idx(_find_file(data_dir, f"{prefix}-images-idx3-ubyte"), 3)
-  labels = _read_idx(_find_file(data_dir, f"{prefix}-labels-idx1-ubyte"), 1)
-  if len(images) != len(labels):
-    raise ValueError(f"Fashion-MNIST {split} in {data_dir!r}: {len(images)} images but "
-                     f"{len(labels)} labels. " + _FASHION_MNIST_HOWTO)
-  return images[..., None], labels.astype(np.int32)
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-  """Unpickles CIFAR batches (dicts, lists, numpy arrays) and refuses any other global."""
-
-  _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray",
-                                                          "_reconstruct"),
-              ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-              ("numpy", "ndarray"), ("numpy", "dtype"),
-              ("_codecs", "encode")}  # Protocol-2 pickles written by Python 3 encode bytes.
-
-  def find_class(self, module: str, name: str) -> Any:
-    if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
-    return super().find_class(module, name)
-
-
-_CIFAR_PY_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-_CIFAR_BIN_FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)],
-                    "test": ["test_batch.bin"]}
-
-
-def _parse_cifar_py(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-  try:
-    batch = _NumpyOnlyUnpickler(io.BytesIO(blob), encoding="bytes").load()
-    data = np.asarray(batch[b"data"], np.uint8)
-    labels = np.asarray(batch[b"labels"], np.int32)
-    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  except Exception as e:  # Any parse failure means a damaged or foreign file.
-    raise ValueError(f"Could not parse CIFAR-10 python batch {where} ({e}). "
-                     + _CIFAR_HOWTO) from e
-  if len(images) != len(labels):
-    raise ValueError(f"CIFAR-10 batch {where}: {len(images)} images, {len(labels)} labels.")
-  return images, labels
-
-
-def _parse_cifar_bin(blob: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
-  if len(blob) % 3073:
-    raise ValueError(f"CIFAR-10 binary batch {where} has {len(blob)} bytes, not a multiple "
-                     "of 3073 (1 label byte + 3072 pixel bytes per record). " + _CIFAR_HOWTO)
-  records = np.frombuffer(blob, np.uint8).reshape(-1, 3073)
-  images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-  return images, records[:, 0].astype(np.int32)
-
-
-def _read_cifar_members(source: str, names: list[str]) -> list[tuple[bytes, str]]:
-  """Reads batch files by base name from an extracted folder or a .tar.gz archive."""
-  if os.path.isdir(source):
-    out = []
-    for name in names:
-      path = os.path.join(source, name)
-      if not os.path.exists(path):
-        raise FileNotFoundError(f"Expected CIFAR-10 batch file {path!r}, not found. "
-                                + _CIFAR_HOWTO)
-      with open(path, "rb") as f:
-        out.append((f.read(), path))
-    return out
-  try:
-    with tarfile.open(source, "r:*") as tar:
-      members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
-      out = []
-      for name in names:
-        if name not in members:
-          raise ValueError(f"Archive {source!r} has no member {name!r}; expected the original "
-                           "CIFAR-10 archive layout. " + _CIFAR_HOWTO)
-        out.append((tar.extractfile(members[name]).read(), f"{source}:{name}"))
-      return out
-  except (tarfile.TarError, OSError, EOFError) as e:
-    raise ValueError(f"Could not read CIFAR-10 archive {source!r} ({e}); it looks damaged. "
-                     + _CIFAR_HOWTO) from e
-
-
-def _load_cifar10_files(data_dir: str | None, split: str) -> tuple[np.ndarray, np.ndarray]:
-  if not data_dir:
-    raise ValueError("CIFAR-10 needs data_config.data_dir (or data_config.source='tfds'). "
-                     + _CIFAR_HOWTO)
-  candidates = [("py", "cifar-10-batches-py"), ("py", "cifar-10-python.tar.gz"),
-                ("bin", "cifar-10-batches-bin"), ("bin", "cifar-10-binary.tar.gz")]
-  for kind, name in candidates:
-    source = os.path.join(data_dir, name)
-    if os.path.exists(source):
-      break
-  else:
-    # data_dir may itself be an archive or an extracted batch folder.
-    source = data_dir
-    if os.path.isdir(data_dir) and os.path.exists(os.path.join(data_dir, "test_batch")):
-      kind = "py"
-    elif os.path.isdir(data_dir) and os.path.exists(os.path.join(data_dir, "test_batch.bin")):
-      kind = "bin"
-    elif os.path.isfile(data_dir) and "binary" in os.path.basename(data_dir):
-      kind = "bin"
-    elif os.path.isfile(data_dir):
-      kind = "py"
-    else:
-      raise FileNotFoundError(
-          f"Expected one of {[n for _, n in candidates]} in data_dir={data_dir!r}, "
-          "found none. " + _CIFAR_HOWTO)
-  names = (_CIFAR_PY_FILES if kind == "py" else _CIFAR_BIN_FILES)[split]
-  parse = _parse_cifar_py if kind == "py" else _parse_cifar_bin
-  parts = [parse(blob, where) for blob, where in _read_cifar_members(source, names)]
-  return (np.concatenate([p[0] for p in parts]),
-          np.concatenate([p[1] for p in parts]).astype(np.int32))
-
-
-def _load_tfds(name: str, split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-  """Reads a prepared tfds data set through `tfds.data_source` (no TensorFlow needed)."""
-  import tensorflow_datasets as tfds  # Imported lazily: slow, and only this path needs it.
-  try:
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except Exception as e:
-    raise FileNotFoundError(
-        f"Could not open a prepared tfds {name!r} split {split!r} (data_dir={data_dir!r}): "
-        f"{e}. Prepare it with `tfds build {name}` on a machine that has TensorFlow, or use "
-        "the original archive files with data_config.source='files'.") from e
-  records = [source[i] for i in range(len(source))]
-  images = np.stack([np.asarray(r["image"], np.uint8) for r in records])
-  labels = np.asarray([r["label"] for r in records], np.int32)
-  return images, labels
+# ----------------------------------------------------------------------------- image splits
 
 
 @functools.lru_cache(maxsize=4)
 def _load_images_cached(name: str, split: str, data_dir: str | None,
                         source: str) -> tuple[np.ndarray, np.ndarray]:
   if source == "tfds":
-    return _load_tfds(name, split, data_dir)
+    return image_files.load_tfds(name, split, data_dir)
   if source != "files":
     raise ValueError(f"data_config.source={source!r}; expected 'files' or 'tfds'.")
   if name == "fashion_mnist":
-    return _load_fashion_mnist(data_dir or FASHION_MNIST_DIR, split)
-  return _load_cifar10_files(data_dir, split)
+    return image_files.load_fashion_mnist(data_dir or image_files.FASHION_MNIST_DIR, split)
+  return image_files.load_cifar10_files(data_dir, split)
 
 
 def load_images(data_config: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -368,8 +193,33 @@ def create_class_dataset(data_config: Any, *, labels_per_step: int, pos_per_labe
 
   The labels of a step are split over processes (C_local = C / process_count). Positives are
   drawn without replacement within a class and step, negatives uniformly from the whole set.
+  A generator: the arguments are checked (and images loaded) at the first batch.
   """
   name = config_util.field(data_config, "name")
+  _check_class_batches(name, labels_per_step, pos_per_label, neg_per_label, process_count,
+                       start_step)
+  local = labels_per_step // process_count
+  shape = _ClassBatches(NUM_CLASSES[name], labels_per_step, pos_per_label, neg_per_label,
+                        slice(process_index * local, (process_index + 1) * local))
+  if name in TOY_DATASETS:
+    yield from _toy_class_stream(name, shape, seed, start_step)
+  else:
+    yield from _image_class_stream(data_config, shape, seed, start_step)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassBatches:
+  """The shape of a step's class-conditional batch, and this process's labels in it."""
+  num_classes: int
+  labels_per_step: int
+  pos_per_label: int
+  neg_per_label: int
+  rows: slice  # this process's labels of the step
+
+
+def _check_class_batches(name: str, labels_per_step: int, pos_per_label: int,
+                         neg_per_label: int, process_count: int, start_step: int) -> None:
+  """A ValueError naming the argument unless create_class_dataset can serve them."""
   if name not in DATASETS:
     raise ValueError(f"data_config.name={name!r}; expected one of {DATASETS}.")
   num_classes = NUM_CLASSES[name]
@@ -382,43 +232,60 @@ def create_class_dataset(data_config: Any, *, labels_per_step: int, pos_per_labe
   if pos_per_label < 1 or neg_per_label < 0 or start_step < 0:
     raise ValueError(f"pos_per_label={pos_per_label} (>= 1), neg_per_label={neg_per_label} "
                      f"(>= 0), start_step={start_step} (>= 0).")
-  local = labels_per_step // process_count
-  rows = slice(process_index * local, (process_index + 1) * local)
-  flip = bool(config_util.field(data_config, "random_flip", False))
-  if name in TOY_DATASETS:
-    def draw(labels, key):
-      return _sample_toy_with_labels(name, labels.size, key, labels.reshape(-1))[0].reshape(
-          labels.shape + (2,))
-  else:
-    images, all_labels = load_images(data_config)
-    by_class = [np.flatnonzero(all_labels == c) for c in range(num_classes)]
-    if min(len(i) for i in by_class) < pos_per_label:
-      raise ValueError(f"pos_per_label={pos_per_label}: the smallest class of {name} has only "
-                       f"{min(len(i) for i in by_class)} examples.")
-  step = start_step
+
+
+def _step_labels(seed: int, step: int, shape: _ClassBatches
+                 ) -> tuple[np.ndarray, np.random.Generator]:
+  """The whole step's sorted labels, and the generator they were drawn from (toy negatives
+  draw on from it)."""
+  rng = np.random.default_rng([seed, step, 0xC1A55])
+  labels = (np.arange(shape.num_classes) if shape.labels_per_step == shape.num_classes
+            else np.sort(rng.choice(shape.num_classes, shape.labels_per_step, replace=False)))
+  return labels, rng
+
+
+def _toy_class_stream(name: str, shape: _ClassBatches, seed: int, step: int
+                      ) -> Iterator[dict]:
+  """create_class_dataset's batches of a toy data set, from `step` on."""
+  def draw(labels, key):
+    return _sample_toy_with_labels(name, labels.size, key, labels.reshape(-1))[0].reshape(
+        labels.shape + (2,))
+
   while True:
-    rng = np.random.default_rng([seed, step, 0xC1A55])
-    labels = (np.arange(num_classes) if labels_per_step == num_classes
-              else np.sort(rng.choice(num_classes, labels_per_step, replace=False)))
-    if name in TOY_DATASETS:  # cheap: the whole step is drawn, then this process's rows
-      pos = draw(np.repeat(labels[:, None], pos_per_label, 1), [seed, step, 0xC2])[rows]
-      neg = draw(rng.integers(0, num_classes, (labels_per_step, neg_per_label)),
-                 [seed, step, 0xC3])[rows]
-      labels = labels[rows]
-    else:
-      labels = labels[rows]
-      # Each class draws from its own stream, so a label's positives do not depend on which
-      # other labels (or processes) share the step.
-      pos_idx = np.stack([by_class[c][np.random.default_rng([seed, step, 0xC2, c]).choice(
-          len(by_class[c]), pos_per_label, replace=False)] for c in labels])
-      neg_idx = np.random.default_rng([seed, step, 0xC3]).integers(
-          0, len(images), (labels_per_step, neg_per_label))[rows]
-      pos, neg = to_float(images[pos_idx]), to_float(images[neg_idx])
-      if flip:  # drawn per label / for the whole step: independent of the process count
-        pos = _flip(pos, np.stack([np.random.default_rng([seed, step, 0xF2, c]).random(
-            pos_per_label) for c in labels]))
-        neg = _flip(neg, np.random.default_rng([seed, step, 0xF3]).random(
-            (labels_per_step, neg_per_label))[rows])
+    labels, rng = _step_labels(seed, step, shape)
+    # Cheap: the whole step is drawn, then this process's rows.
+    pos = draw(np.repeat(labels[:, None], shape.pos_per_label, 1), [seed, step, 0xC2])
+    neg = draw(rng.integers(0, shape.num_classes, (shape.labels_per_step, shape.neg_per_label)),
+               [seed, step, 0xC3])
+    yield {"label": labels[shape.rows].astype(np.int32), "image": pos[shape.rows],
+           "neg_image": neg[shape.rows]}
+    step += 1
+
+
+def _image_class_stream(data_config: Any, shape: _ClassBatches, seed: int, step: int
+                        ) -> Iterator[dict]:
+  """create_class_dataset's batches of an image data set, from `step` on (loads it first)."""
+  name = config_util.field(data_config, "name")
+  flip = bool(config_util.field(data_config, "random_flip", False))
+  images, all_labels = load_images(data_config)
+  by_class = [np.flatnonzero(all_labels == c) for c in range(shape.num_classes)]
+  if min(len(i) for i in by_class) < shape.pos_per_label:
+    raise ValueError(f"pos_per_label={shape.pos_per_label}: the smallest class of {name} has "
+                     f"only {min(len(i) for i in by_class)} examples.")
+  while True:
+    labels = _step_labels(seed, step, shape)[0][shape.rows]
+    # Each class draws from its own stream, so a label's positives do not depend on which
+    # other labels (or processes) share the step.
+    pos_idx = np.stack([by_class[c][np.random.default_rng([seed, step, 0xC2, c]).choice(
+        len(by_class[c]), shape.pos_per_label, replace=False)] for c in labels])
+    neg_idx = np.random.default_rng([seed, step, 0xC3]).integers(
+        0, len(images), (shape.labels_per_step, shape.neg_per_label))[shape.rows]
+    pos, neg = to_float(images[pos_idx]), to_float(images[neg_idx])
+    if flip:  # drawn per label / for the whole step: independent of the process count
+      pos = _flip(pos, np.stack([np.random.default_rng([seed, step, 0xF2, c]).random(
+          shape.pos_per_label) for c in labels]))
+      neg = _flip(neg, np.random.default_rng([seed, step, 0xF3]).random(
+          (shape.labels_per_step, shape.neg_per_label))[shape.rows])
     yield {"label": labels.astype(np.int32), "image": pos, "neg_image": neg}
     step += 1
 
