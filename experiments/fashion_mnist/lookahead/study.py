@@ -26,7 +26,7 @@ import numpy as np
 from experiments import stats
 from experiments.fashion_mnist.recipe import run as recipe
 from experiments.fashion_mnist.recipe import validate
-from lookahead_drift import experiment, inference, metrics_io, proxy_metric, train_loop
+from lookahead_drift import inference, metrics_io, proxy_metric, train_loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROXY = os.path.join(recipe.HERE, "proxy_net.npz")  # the recipe's frozen proxy net
@@ -82,35 +82,6 @@ def _terms_used(workdir: str) -> float | None:
   values = [float(v) for record in metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
             for k, v in record.items() if k.endswith("terms_used")]
   return float(np.mean(values)) if values else None
-
-
-def time_arms(arms, steps: int, rounds: int) -> dict:
-  """Seconds per train step of each arm, interleaved over `rounds` (one process, one batch)."""
-  built = {}
-  for arm in arms:
-    exp = experiment.create_experiment(arm_config(arm, 0, 700))
-    batch = next(experiment.create_dataset(exp.config, 0))
-    batch = jax.device_put(experiment.train_inputs(batch))
-    state = exp.state
-    for _ in range(2):  # compile and warm up
-      state, metrics = exp.step_fn(state, batch, exp.encoder_params)
-    jax.block_until_ready(metrics)
-    built[arm] = [exp, batch, state]
-  times = {arm: [] for arm in arms}
-  for _ in range(rounds):
-    for arm in arms:
-      exp, batch, state = built[arm]
-      tic = time.perf_counter()
-      for _ in range(steps):
-        state, metrics = exp.step_fn(state, batch, exp.encoder_params)
-      jax.block_until_ready(metrics)
-      times[arm].append((time.perf_counter() - tic) / steps)
-      built[arm][2] = state
-  base = np.array(times[arms[0]])
-  return {arm: dict(seconds_per_step=float(np.median(t)), spread=[float(min(t)), float(max(t))],
-                    ratio_to_first=float(np.median(np.array(t) / base)),
-                    ratio_spread=[float(min(np.array(t) / base)), float(max(np.array(t) / base))])
-          for arm, t in times.items()}
 
 
 def load_results() -> dict:
@@ -221,9 +192,6 @@ def figure(path: str) -> None:
 def main(argv=None):
   parser = recipe.lane_parser(__doc__.splitlines()[0], "/work/runs/lookahead")
   parser.add_argument("--seeds", default="", help="comma-separated subset (default: 0,1,2)")
-  parser.add_argument("--time", action="store_true", help="time each arm's step, then exit")
-  parser.add_argument("--time_steps", type=int, default=5)
-  parser.add_argument("--time_rounds", type=int, default=3)
   parser.add_argument("--inception", action="store_true",
                       help="Inception FID/KID of 2,000 raw samples of each finished arm, then exit")
   parser.add_argument("--report", action="store_true", help="print the paired table, then exit")
@@ -241,11 +209,8 @@ def main(argv=None):
                             out=os.path.join(HERE, "results", "inception"))
     return
   if args.time:
-    result = dict(time_arms(arms, args.time_steps, args.time_rounds), machine=os.uname().nodename,
-                  load=os.getloadavg(), command=" ".join(sys.argv))
-    print(json.dumps(result, indent=2))
-    with open(os.path.join(HERE, "results", "step_cost.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    configs = {arm: arm_config(arm, 0, args.steps) for arm in arms}
+    recipe.write_step_costs(configs, args, os.path.join(HERE, "results", "step_cost.json"))
     return
   for d in ("results", "grids"):
     os.makedirs(os.path.join(HERE, d), exist_ok=True)

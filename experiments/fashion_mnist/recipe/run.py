@@ -21,7 +21,8 @@ import jax
 import numpy as np
 
 from configs import common, fashion_mnist_cpu
-from lookahead_drift import inference, input_pipeline, pictures, proxy_metric, train_loop
+from lookahead_drift import (experiment, inference, input_pipeline, pictures, proxy_metric,
+                             train_loop)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ENCODERS = {"base": "/work/runs/enc_base/encoder", "strong": "/work/runs/enc_strong/encoder"}
@@ -151,6 +152,45 @@ def table() -> str:
   return "\n".join(lines)
 
 
+def time_configs(configs: dict, steps: int, rounds: int) -> dict:
+  """Seconds per train step of each config, interleaved over `rounds` in one process on one
+  fixed batch, and each as a ratio to the first config's time of the same round."""
+  built = {}
+  for name, config in configs.items():
+    exp = experiment.create_experiment(config)
+    batch = jax.device_put(experiment.train_inputs(next(experiment.create_dataset(config, 0))))
+    state = exp.state
+    for _ in range(2):  # compile and warm up
+      state, metrics = exp.step_fn(state, batch, exp.encoder_params)
+    jax.block_until_ready(metrics)
+    built[name] = [exp, batch, state]
+  times = {name: [] for name in configs}
+  for _ in range(rounds):
+    for name, (exp, batch, state) in built.items():
+      tic = time.perf_counter()
+      for _ in range(steps):
+        state, metrics = exp.step_fn(state, batch, exp.encoder_params)
+      jax.block_until_ready(metrics)
+      times[name].append((time.perf_counter() - tic) / steps)
+      built[name][2] = state
+  base = np.array(times[next(iter(configs))])
+  return {name: dict(seconds_per_step=float(np.median(t)), spread=[float(min(t)), float(max(t))],
+                     ratio_to_first=float(np.median(np.array(t) / base)),
+                     ratio_spread=[float(min(np.array(t) / base)), float(max(np.array(t) / base))])
+          for name, t in times.items()}
+
+
+def write_step_costs(configs: dict, args, path: str) -> dict:
+  """time_configs with the lane's --time_steps/--time_rounds, printed and written to `path`
+  with the machine and its load (a timing is read only on a quiet machine)."""
+  result = dict(time_configs(configs, args.time_steps, args.time_rounds),
+                machine=os.uname().nodename, load=os.getloadavg(), command=" ".join(sys.argv))
+  print(json.dumps(result, indent=2))
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
+  return result
+
+
 def lane_parser(description: str, runs: str) -> argparse.ArgumentParser:
   """The flags every study lane takes (this runner's and the lookahead study's)."""
   parser = argparse.ArgumentParser(description=description)
@@ -159,6 +199,10 @@ def lane_parser(description: str, runs: str) -> argparse.ArgumentParser:
   parser.add_argument("--num_samples", type=int, default=5000)
   parser.add_argument("--arms", default="", help="comma-separated subset (default: all)")
   parser.add_argument("--runs", default=runs)
+  parser.add_argument("--time", action="store_true",
+                      help="time each arm's train step (quiet machine), write the step costs, exit")
+  parser.add_argument("--time_steps", type=int, default=5)
+  parser.add_argument("--time_rounds", type=int, default=3)
   return parser
 
 
@@ -173,6 +217,10 @@ def main(argv=None):
     print(table())
     return
   names = [a for a in args.arms.split(",") if a] or list(ARMS)
+  if args.time:
+    write_step_costs({name: arm_config(name, args.steps) for name in names}, args,
+                     os.path.join(HERE, "results", "step_cost.json"))
+    return
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   os.makedirs(os.path.join(HERE, "grids"), exist_ok=True)
   os.makedirs(args.runs, exist_ok=True)
