@@ -184,7 +184,8 @@ def write_step_costs(configs: dict, args, path: str) -> dict:
   """time_configs with the lane's --time_steps/--time_rounds, printed and written to `path`
   with the machine and its load (a timing is read only on a quiet machine)."""
   result = dict(time_configs(configs, args.time_steps, args.time_rounds),
-                machine=os.uname().nodename, load=os.getloadavg(), command=" ".join(sys.argv))
+                machine=os.uname().nodename, cpus=len(os.sched_getaffinity(0)),
+                load=os.getloadavg(), command=" ".join(sys.argv))
   print(json.dumps(result, indent=2))
   with open(path, "w") as f:
     json.dump(result, f, indent=2)
@@ -218,8 +219,9 @@ def main(argv=None):
     return
   names = [a for a in args.arms.split(",") if a] or list(ARMS)
   if args.time:
+    cpus = len(os.sched_getaffinity(0))  # one file per core count (taskset -c 0 vs none)
     write_step_costs({name: arm_config(name, args.steps) for name in names}, args,
-                     os.path.join(HERE, "results", "step_cost.json"))
+                     os.path.join(HERE, "results", f"step_cost_{cpus}cpu.json"))
     return
   os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
   os.makedirs(os.path.join(HERE, "grids"), exist_ok=True)
