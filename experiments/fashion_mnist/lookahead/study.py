@@ -173,7 +173,8 @@ def figure(path: str) -> None:
   results = load_results()
   fig, ax = plt.subplots(figsize=(6.5, 4.2))
   for arm in ARMS:
-    curves = [r["curve"] for (a, _), r in sorted(results.items()) if a == arm]
+    curves = [[p for p in r["curve"] if p["step"] % max(r["steps"] // 4, 1) == 0]
+              for (a, _), r in sorted(results.items()) if a == arm]
     if not curves:
       continue
     # The scheduled checkpoints only (a run killed and resumed also kept its kill step).
