@@ -56,6 +56,8 @@ def reports(tmp_path_factory):
       "two_devices": _launch([*SMOKE, f"--json={tmp / 'two_devices.json'}", "--nodrift"],
                              num_devices=2),
       "summarize": _launch([f"--summarize={','.join(synthetic)}"]),
+      "parts": _launch([*SMOKE, f"--json={tmp / 'parts.json'}", "--notrain_step", "--nodrift",
+                        "--parts", "--parts_rounds=2"]),
   }
   out = {}
   for name, proc in runs.items():
@@ -121,6 +123,20 @@ def test_two_fake_devices_shard_the_step(reports):
   assert "drift_loss" not in report
 
 
+def test_parts_add_up_to_a_table(reports):
+  report, log = reports["parts"]
+  parts = report["parts"]
+  names = ["generator forward+backward", "encoder positives", "encoder generated fwd+bwd",
+           "drift loss value+grad", "optimizer + EMA"]
+  assert list(parts["parts"]) == names + ["whole step", "host input"]
+  for name, row in parts["parts"].items():
+    assert 0 < row["min_s"] <= row["median_s"] <= row["max_s"] < 60, (name, row)
+    assert (row["temp_bytes"] is None) == (name == "host input")
+  assert parts["parts_sum_s"] == pytest.approx(sum(parts["parts"][n]["median_s"] for n in names))
+  assert parts["rounds"] == 2 and parts["batch_size"] == 32
+  assert "| sum of the five parts |" in log and "| whole step |" in log
+
+
 def test_summarize_combines_repeated_runs(reports):
   _, log = reports["summarize"]
   rows = [line for line in log.splitlines() if line.startswith("| configs/") or
@@ -131,3 +147,31 @@ def test_summarize_combines_repeated_runs(reports):
                      "10 / 30 / 20 | 20 | 5000 | 5 | 1.00 / 1.00 / 1.00 |")
   assert rows[1] == "| d2: 1x64x2 | 64 | 1 | grad | 4 / 8 / 6 | 6 | 2 | 1.00 MiB |"
   assert len(rows) == 2
+
+
+def test_drift_before_loads_a_package_copy_beside_the_package(tmp_path):
+  """--compare_before with a copy of the drift package: it loads as its own modules (not the
+  current ones) and, being the same code here, gives the same loss."""
+  import shutil
+
+  import jax
+  import jax.numpy as jnp
+
+  from lookahead_drift import drift
+  sys.path.insert(0, os.path.join(ROOT, "tools"))
+  try:
+    import official_code
+  finally:
+    sys.path.remove(os.path.join(ROOT, "tools"))
+  copy = tmp_path / "drift"
+  shutil.copytree(os.path.join(ROOT, "lookahead_drift", "drift"), copy,
+                  ignore=shutil.ignore_patterns("__pycache__"))
+  before = official_code.load_drift_before(str(copy))
+  assert before.__name__ == "drift_before"
+  assert sys.modules["drift_before.field"] is not sys.modules["lookahead_drift.drift.field"]
+  gen, pos = jax.random.normal(jax.random.key(0), (2, 1, 12, 5))
+  ours = drift.drift_loss(gen, pos, config=drift.LossConfig())[0]
+  theirs = before.drift_loss(gen, pos, config=before.LossConfig())[0]
+  assert float(theirs) == pytest.approx(float(ours), rel=1e-6)
+  with pytest.raises(FileNotFoundError, match="no Python file or package"):
+    official_code.load_drift_before(str(tmp_path / "missing"))

@@ -24,6 +24,10 @@ program), the TFLOP/s it achieves at the median step time, and the MFU against
 `--synthetic_batch` times the step on random images and `--random_encoder=32,64,128` on a
 randomly initialised ConvEncoder: the cost of the real ones, without the data or a checkpoint.
 
+Parts: `--parts --notrain_step --nodrift` times the step's parts apart and beside the whole
+step (tools/step_parts.py: generator, encoder on positives and on generated samples, loss,
+optimizer; host input); `--parts_rounds=0` gives XLA's memory estimate of each, untimed.
+
 Matmul precision: `--compare_shapes=... --compare_precisions=default,high,highest` adds each
 implementation at each `loss.matmul_precision` (the official code under
 `jax.default_matmul_precision`) and every gradient's error against the float64 reference
@@ -64,6 +68,7 @@ from lookahead_drift import experiment
 from lookahead_drift import guidance
 from lookahead_drift import sharding
 import official_code  # tools/official_code.py, beside this script
+import step_parts  # tools/step_parts.py
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,6 +79,10 @@ flags.DEFINE_integer("warmup", 3, "Untimed train steps after the first run.")
 flags.DEFINE_string("json", None, "Write the results here (process 0).")
 flags.DEFINE_bool("train_step", True, "Benchmark the train step.")
 flags.DEFINE_bool("drift", True, "Benchmark the drift loss alone.")
+flags.DEFINE_bool("parts", False, "Time the step's parts apart (tools/step_parts.py; "
+                  "unconditional configs, one device).")
+flags.DEFINE_integer("parts_rounds", 10, "Interleaved rounds of --parts (0: XLA's memory "
+                     "estimates only, nothing timed).")
 flags.DEFINE_list("drift_batch_sizes", ["64", "128", "256", "512"],
                   "Batch sizes N (= number of positives M) of the drift-loss grid.")
 flags.DEFINE_list("drift_ks", ["0", "1", "2", "3"], "num_lookahead values of the grid.")
@@ -93,8 +102,11 @@ flags.DEFINE_string("compare_official", None,
                     "Folder holding the official drifting code's drift_loss.py (read, not "
                     "shipped: e.g. a checkout of lambertae/drifting).")
 flags.DEFINE_string("compare_before", None,
-                    "An earlier lookahead_drift/drift.py (e.g. `git show REV:lookahead_drift/"
-                    "drift.py > /tmp/drift_before.py`), timed as 'before'.")
+                    "An earlier version of the loss, timed as 'before': the monolithic "
+                    "lookahead_drift/drift.py of before the split (`git show REV:lookahead_drift/"
+                    "drift.py > /tmp/drift_before.py`) or a copy of the drift package folder "
+                    "(`git archive REV lookahead_drift/drift | tar -x -C /tmp/before`, then "
+                    "/tmp/before/lookahead_drift/drift).")
 flags.DEFINE_integer("compare_steps", 7, "Timed calls per implementation and shape.")
 flags.DEFINE_list("compare_precisions", [],
                   "With --compare_shapes: also this library and the official code at each of "
@@ -424,7 +436,7 @@ def drift_loss_variants(loss_config: drift.LossConfig, official_dir: str | None,
   this = lambda cfg: lambda g, p: drift.drift_loss(g, p, config=cfg)[0]
   variants = {"this": this(loss_config)}
   if before_path:
-    before = _load(official_code.load_module, "drift_before", before_path)
+    before = _load(official_code.load_drift_before, before_path)
     fields = {f.name for f in dataclasses.fields(before.LossConfig)}
     old_cfg = before.LossConfig(**{k: v for k, v in dataclasses.asdict(loss_config).items()
                                    if k in fields})
@@ -704,7 +716,14 @@ def main(argv: Sequence[str]) -> None:
 
 
 def _measure(config: ConfigDict, report: dict[str, Any], lead: bool) -> None:
-  """The train step and the drift grid as the flags say, into `report` (written by process 0)."""
+  """The train step, its parts and the drift grid as the flags say, into `report` (written
+  by process 0)."""
+  if FLAGS.parts:
+    try:
+      report["parts"] = step_parts.profile_parts(config, FLAGS.parts_rounds)
+    except ValueError as e:
+      raise cli.UserError(str(e)) from None
+    print(step_parts.format_parts(report["parts"]), flush=True)
   if FLAGS.train_step:
     result = benchmark_train_step(config, FLAGS.steps, FLAGS.warmup, FLAGS.synthetic_batch,
                                   FLAGS.peak_tflops)

@@ -5,9 +5,13 @@ our own loss for before/after benchmarks. Used by tools/benchmark.py and tools/c
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import re
+import shutil
 import sys
+import tempfile
 import types
 from typing import Any
 
@@ -23,6 +27,31 @@ def load_module(name: str, path: str) -> Any:
   sys.modules[name] = module  # dataclasses look their module up while it is executed
   spec.loader.exec_module(module)
   return module
+
+
+def load_drift_before(path: str) -> Any:
+  """An earlier version of our loss, as "drift_before": one file (the monolithic drift.py of
+  before the split) or a copy of the lookahead_drift/drift package folder (e.g. `git archive
+  REV lookahead_drift/drift | tar -x -C /tmp/before`), whose imports of itself are renamed in
+  a temporary copy so that it loads beside the current package."""
+  if os.path.isfile(path):
+    return load_module("drift_before", path)
+  if not os.path.isfile(os.path.join(path, "__init__.py")):
+    raise FileNotFoundError(f"no Python file or package folder at {path!r}")
+  root = tempfile.mkdtemp(prefix="drift_before_")
+  shutil.copytree(path, os.path.join(root, "drift_before"))
+  for name in os.listdir(os.path.join(root, "drift_before")):
+    if name.endswith(".py"):
+      file = os.path.join(root, "drift_before", name)
+      with open(file, encoding="utf-8") as f:
+        text = re.sub(r"\blookahead_drift\.drift\b", "drift_before", f.read())
+      with open(file, "w", encoding="utf-8") as f:
+        f.write(text)
+  sys.path.insert(0, root)
+  try:
+    return importlib.import_module("drift_before")
+  finally:
+    sys.path.remove(root)
 
 
 class _JnpWithOldClip:

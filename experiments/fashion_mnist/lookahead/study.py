@@ -220,7 +220,7 @@ def main(argv=None):
   reference = scorer.features(recipe.test_images())
   for seed in seeds:
     for arm in arms:
-      if os.path.exists(result_path(arm, seed)) or not recipe._claim(  # pylint: disable=protected-access
+      if os.path.exists(result_path(arm, seed)) or not recipe.claim(
           os.path.join(args.runs, f"{arm}_s{seed}.claim")):
         continue
       train_and_score(arm, seed, args, scorer, reference)

@@ -83,7 +83,7 @@ def arm_config(name: str, steps: int):
   return config
 
 
-def _claim(path: str) -> bool:
+def claim(path: str) -> bool:
   """True if this process now owns `path` (a pid file); a dead owner's claim is taken."""
   try:
     fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -93,7 +93,7 @@ def _claim(path: str) -> bool:
       return False
     except (ProcessLookupError, ValueError):
       os.remove(path)
-      return _claim(path)
+      return claim(path)
   os.write(fd, str(os.getpid()).encode())
   os.close(fd)
   return True
@@ -244,7 +244,7 @@ def main(argv=None):
       print(f"[lane {args.lane}] arm {name}: its encoder is not trained yet, skipped",
             flush=True)
       continue
-    if os.path.exists(result_path) or not _claim(os.path.join(args.runs, f"{name}.claim")):
+    if os.path.exists(result_path) or not claim(os.path.join(args.runs, f"{name}.claim")):
       continue
     config = arm_config(name, args.steps)
     workdir = os.path.join(args.runs, name)
