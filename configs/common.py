@@ -32,6 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
       seed=0, num_steps=1000, log_every=100, ema_decay=0.999, tensorboard=True,
       data=section(dict(name="", batch_size=256)),  # global; the positives per step
       gen_batch_size=0,  # generated samples per step (unconditional; 0: data.batch_size)
+      generator_chunks=1,  # > 1: the generator's backward pass in groups (less memory)
       model=section(dict(name="", dtype="float32")),  # "bfloat16": bf16 compute, f32 params
       encoder=section(dict(kind="identity")),
       loss=loss_config(),  # the drifting paper's eq. 6 loss at its defaults

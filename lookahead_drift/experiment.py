@@ -124,13 +124,34 @@ def _next_state(state: TrainState, keep_new: jax.Array, **new: PyTree) -> TrainS
                        **{k: pick(v, getattr(state, k)) for k, v in new.items()})
 
 
+def _value_and_grad_in_chunks(generate: Callable, params: PyTree, noise: jax.Array,
+                              inputs: dict[str, jax.Array], loss_of: Callable, chunks: int):
+  """jax.value_and_grad(lambda p: loss_of(generate(p, noise, inputs)), has_aux=True)(params),
+  with the generator's backward pass taken over `chunks` groups of samples in turn, each
+  group's forward pass recomputed: the generator's saved activations shrink `chunks`-fold
+  for one more forward pass. Samples are dealt round-robin, so a data-sharded batch keeps
+  every device busy in every group."""
+  generated = generate(params, noise, inputs)  # not differentiated: nothing saved
+  (loss, aux), cotangent = jax.value_and_grad(loss_of, has_aux=True)(generated)
+  deal = lambda x: x.reshape(x.shape[0] // chunks, chunks, *x.shape[1:]).swapaxes(0, 1)
+
+  def add_group(total, group):
+    noise_g, inputs_g, cotangent_g = group
+    _, pull_back = jax.vjp(lambda p: generate(p, noise_g, inputs_g), params)
+    return jax.tree.map(jnp.add, total, pull_back(cotangent_g)[0]), None
+
+  grads, _ = jax.lax.scan(add_group, jax.tree.map(jnp.zeros_like, params),
+                          jax.tree.map(deal, (noise, inputs, cotangent)))
+  return (loss, aux), grads
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: PyTree, *,
                generator: Any, noise_shape: tuple[int, ...], feature_fn: Callable,
                optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                loss_config: drift.LossConfig, ema_decay: float,
                noise_sharding: jax.sharding.Sharding | None = None,
                cond: guidance.Guidance | None = None, num_generated: int = 0,
-               ) -> tuple[TrainState, dict[str, jax.Array]]:
+               generator_chunks: int = 1) -> tuple[TrainState, dict[str, jax.Array]]:
   """One update on the GLOBAL batch: generate, embed, drift loss, AdamW, EMA.
 
   Unconditional: batch {"image": [M, ...]}, `num_generated` generated samples (0: M) against
@@ -144,6 +165,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   inserts the needed collectives and the result does not depend on the device count.
   A step whose loss, gradient or new parameters are not finite changes only `step`; its
   metrics["nonfinite"] has bit i set for each bad NONFINITE_METRICS[i] (0: a good step).
+  generator_chunks > 1: the generator's backward pass in that many groups of samples
+  (_value_and_grad_in_chunks), for memory; the same gradient up to rounding.
   """
   rng = jax.random.fold_in(state.rng, state.step)
   as_f32 = lambda tree: jax.tree.map(lambda f: f.astype(jnp.float32), tree)
@@ -153,15 +176,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], encoder_params: P
   if noise_sharding is not None:
     noise = jax.lax.with_sharding_constraint(noise, noise_sharding)
 
-  def loss_fn(params):
-    generated = generator.apply(params, noise, **problem.gen_inputs).astype(jnp.float32)
+  generate = lambda params, noise, inputs: generator.apply(params, noise, **inputs).astype(
+      jnp.float32)
+
+  def loss_of(generated):
     loss, metrics, loss_state = drift.drift_loss(
         problem.rows(embed(generated)), problem.pos_feats, config=loss_config,
         loss_state=state.loss_state, **problem.loss_inputs)
     return loss, (metrics, loss_state)
 
-  (loss, (loss_metrics, loss_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  if generator_chunks == 1:
+    (loss, (loss_metrics, loss_state)), grads = jax.value_and_grad(
+        lambda p: loss_of(generate(p, noise, problem.gen_inputs)), has_aux=True)(state.params)
+  else:
+    (loss, (loss_metrics, loss_state)), grads = _value_and_grad_in_chunks(
+        generate, state.params, noise, problem.gen_inputs, loss_of, generator_chunks)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
@@ -200,6 +229,12 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
                      "set conditional.gen_per_label.")
   if num_generated:
     sharding.check_batch_size(num_generated, mesh, field="gen_batch_size")
+  generator_chunks = int(config.get("generator_chunks", 1) or 1)
+  per_step = (cond.labels_per_step * cond.gen_per_label if cond is not None
+              else num_generated or config.data.batch_size)
+  if per_step % generator_chunks:
+    raise ValueError(f"config.generator_chunks={generator_chunks} must divide the "
+                     f"{per_step} samples generated per step.")
   generator, noise_shape = models.create_generator(config.model)
   noise_shape = tuple(noise_shape)
   feature_fn, encoder_params = encoder.create_feature_fn(config.encoder)
@@ -232,7 +267,7 @@ def create_experiment(config: ConfigDict, mesh: jax.sharding.Mesh | None = None)
       train_step, generator=generator, noise_shape=noise_shape, feature_fn=feature_fn,
       optimizer=optimizer, schedule=schedule, loss_config=loss_config,
       ema_decay=config.ema_decay, noise_sharding=sharding.batch_sharding(mesh), cond=cond,
-      num_generated=num_generated)
+      num_generated=num_generated, generator_chunks=generator_chunks)
   step_fn = jax.jit(
       step,
       in_shardings=(state_shardings, sharding.batch_sharding(mesh), sharding.replicated(mesh)),

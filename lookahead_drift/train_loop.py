@@ -225,6 +225,7 @@ NUMERIC_FIELDS = {
     "seed": Range(integer=True), "num_steps": _COUNT, "log_every": _COUNT,
     "data.batch_size": _COUNT,
     "gen_batch_size": _optional(_SIZE),  # generated samples per step; 0: data.batch_size
+    "generator_chunks": _optional(_COUNT),
     "ema_decay": _DECAY,
     "optimizer.learning_rate": _POSITIVE, "optimizer.end_value": _optional(_NON_NEGATIVE),
     "optimizer.warmup_steps": _SIZE, "optimizer.weight_decay": _NON_NEGATIVE,
