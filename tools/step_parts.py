@@ -20,6 +20,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from lookahead_drift import drift
 from lookahead_drift import encoder
@@ -57,10 +58,11 @@ def _parts(config: Any, exp: experiment.Experiment, real: jax.Array
   loss = lambda g, p: jax.value_and_grad(
       lambda g: drift.drift_loss(g, p, config=loss_config)[0])(g)
 
-  def update(p, opt_state, grads, ema):
+  def update(p, opt_state, grads, ema):  # as train_step: optax, then the EMA at its decay
     updates, opt_state = optimizer.update(grads, opt_state, p)
-    p = jax.tree.map(jnp.add, p, updates)
-    return p, opt_state, jax.tree.map(lambda e, q: 0.999 * e + 0.001 * q, ema, p)
+    p = optax.apply_updates(p, updates)
+    decay = config.ema_decay
+    return p, opt_state, jax.tree.map(lambda e, q: decay * e + (1.0 - decay) * q, ema, p)
 
   ones = jax.tree.map(jnp.ones_like, params)
   return {
@@ -120,7 +122,7 @@ def format_parts(result: dict[str, Any]) -> str:
   lines = ["| part | median ms (min-max) | share of step | XLA temp MiB |", "|---|---|---|---|"]
   for name, row in result["parts"].items():
     temp = "-" if row["temp_bytes"] is None else f"{row['temp_bytes'] / 2**20:.1f}"
-    timed = "-" if whole is None else (
+    timed = "- | -" if whole is None else (
         f"{row['median_s'] * 1e3:.4g} ({row['min_s'] * 1e3:.4g}-{row['max_s'] * 1e3:.4g}) | "
         f"{row['median_s'] / whole:.0%}")
     lines.append(f"| {name} | {timed} | {temp} |")
